@@ -110,7 +110,7 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
 }
 
 /// Which kind of connection a resource refers to.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 pub enum ConnectionKind {
     /// A `VaultConnection` in the resource's own namespace.
     #[default]

@@ -1,0 +1,97 @@
+//! The `certus-vault` command line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub mod crds;
+pub mod manifests;
+pub mod offline;
+
+/// Declarative HashiCorp Vault / OpenBao for Kubernetes.
+#[derive(Parser, Debug)]
+#[command(name = "certus-vault", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "plain",
+        env = "CERTUS_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as YAML (or write one file per CRD).
+    Crds {
+        /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Compare the manifests with live Vault and print the changes `apply` would make.
+    /// Exit code: 0 = no changes, 2 = changes, 1 = error.
+    Plan(offline::Args),
+    /// Reconcile the manifests into Vault without a cluster.
+    Apply(offline::Args),
+}
+
+/// Default log filter. `vaultrs`/`rustify` log every non-2xx answer (a 404 is an ordinary
+/// "absent" to us) at ERROR, so they are silenced; our own errors say what failed.
+pub const DEFAULT_LOG_FILTER: &str = "warn,certus=info,certus_cli=info,certus_controller=info,certus_reconcile=info,rustify=off,vaultrs=off";
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Crds { out_dir } => {
+                crds::command(out_dir.as_deref()).map(|_| ExitCode::SUCCESS)
+            }
+            Command::Plan(args) => offline::plan(args).await,
+            Command::Apply(args) => offline::apply(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
