@@ -53,7 +53,10 @@ pub struct SecretEngineSpec {
     pub connection_ref: Option<ConnectionRef>,
     /// Mount path, without leading or trailing slash, e.g. `certus` or `database`.
     /// Immutable: moving a mount would destroy its data.
-    #[schemars(regex(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$"), length(min = 1, max = 128))]
+    #[schemars(
+        regex(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$"),
+        length(min = 1, max = 128)
+    )]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("spec.path is immutable: unmounting destroys the engine's data; create a new SecretEngine for another path"))]
     #[x_kube(validation = kube::core::Rule::new("!(self in ['sys', 'auth', 'cubbyhole', 'identity', 'token']) && !self.startsWith('sys/') && !self.startsWith('auth/')").message("spec.path must not be a path Vault reserves (sys, auth, cubbyhole, identity, token)"))]
     pub path: String,
@@ -117,7 +120,11 @@ pub struct MountTune {
     #[schemars(regex(pattern = "^([0-9]+(ms|s|m|h|d|w))+$"))]
     pub default_lease_ttl: Option<String>,
     /// Maximum lease TTL of the mount, e.g. `24h`.
-    #[serde(default, rename = "maxLeaseTTL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "maxLeaseTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(regex(pattern = "^([0-9]+(ms|s|m|h|d|w))+$"))]
     pub max_lease_ttl: Option<String>,
     /// Request keys the audit log records in clear text instead of HMAC-ed.
@@ -160,7 +167,10 @@ pub struct DatabaseEngineConfig {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseConnection {
     /// Connection name in Vault; roles refer to it as `dbName`.
-    #[schemars(regex(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"), length(min = 1, max = 128))]
+    #[schemars(
+        regex(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"),
+        length(min = 1, max = 128)
+    )]
     pub name: String,
     /// Database plugin, e.g. `postgresql-database-plugin`, `mysql-database-plugin`.
     #[schemars(length(min = 1))]

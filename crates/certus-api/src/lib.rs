@@ -4,13 +4,21 @@
 //! plus small pure helpers about them (condition handling, defaults).
 #![forbid(unsafe_code)]
 
+pub mod auth_method;
 pub mod common;
+pub mod config_status;
 pub mod connection;
+pub mod engine;
 pub mod policy;
+pub mod role;
 
+pub use auth_method::*;
 pub use common::*;
+pub use config_status::*;
 pub use connection::*;
+pub use engine::*;
 pub use policy::*;
+pub use role::*;
 
 /// The API group of every kind.
 pub const GROUP: &str = "vault.certus.io";
@@ -35,5 +43,8 @@ pub fn all_crds(
         VaultConnection::crd(),
         ClusterVaultConnection::crd(),
         VaultPolicy::crd(),
+        SecretEngine::crd(),
+        AuthMethod::crd(),
+        VaultRole::crd(),
     ]
 }
