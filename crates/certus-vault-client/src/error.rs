@@ -61,7 +61,7 @@ impl VaultError {
             class,
             operation: operation.into(),
             status,
-            message: message.into(),
+            message: tidy(&message.into()),
         }
     }
     pub fn config(message: impl Into<String>) -> Self {
@@ -141,6 +141,23 @@ mod rustify_error {
     pub use rustify::errors::ClientError;
 }
 
+/// Vault wraps errors as "1 error occurred:\n\t* permission denied\n\n": keep one line.
+fn tidy(msg: &str) -> String {
+    let mut parts: Vec<&str> = vec![];
+    for line in msg.lines() {
+        let line = line.trim().trim_start_matches("* ").trim();
+        if line.is_empty() || (line.ends_with("occurred:") && line.contains("error")) {
+            continue;
+        }
+        parts.push(line);
+    }
+    if parts.is_empty() {
+        msg.trim().to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
 fn sanitize(s: &str) -> String {
     // Drop query strings from any URL in the text.
     s.split_whitespace()
@@ -206,6 +223,13 @@ mod tests {
             e.to_string(),
             "GET sys/x failed (HTTP 403, permission_denied): permission denied"
         );
+    }
+
+    #[test]
+    fn vault_multi_error_text_becomes_one_line() {
+        assert_eq!(tidy("1 error occurred:\n\t* permission denied\n\n"), "permission denied");
+        assert_eq!(tidy("2 errors occurred:\n\t* a\n\t* b\n"), "a; b");
+        assert_eq!(tidy("plain"), "plain");
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Health {
 /// Non-secret facts about the session's token.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct TokenInfo {
+    /// The token's accessor (not a secret: it can look up or revoke, not use, the token).
+    pub accessor: String,
     pub display_name: String,
     pub policies: Vec<String>,
     /// Remaining TTL in seconds; 0 means the token never expires.
@@ -659,6 +661,7 @@ impl VaultSession {
         policies.sort();
         policies.dedup();
         Ok(TokenInfo {
+            accessor: info.accessor,
             display_name: info.display_name,
             policies,
             ttl: info.ttl,
@@ -667,47 +670,22 @@ impl VaultSession {
     }
 
     /// Reads an ACL policy's text; `None` when it does not exist.
+    ///
+    /// Uses `sys/policies/acl/<name>` (the current API; vaultrs only wraps the legacy
+    /// `sys/policy/<name>`), so the operator's own Vault policy needs capabilities on
+    /// `sys/policies/acl/*` only.
     pub async fn policy_read(&self, name: &str) -> Result<Option<String>, VaultError> {
-        let op = format!("GET sys/policy/{name}");
-        let name = name.to_string();
-        match self
-            .typed(&op, false, |c| {
-                let name = name.clone();
-                async move { vaultrs::sys::policy::read(c.as_ref(), &name).await }
-            })
-            .await
-        {
-            Ok(p) => Ok(Some(p.rules)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.read(&format!("sys/policies/acl/{name}")).await?.and_then(|v| v.pointer("/data/policy").and_then(Value::as_str).map(str::to_string)))
     }
 
     /// Creates or replaces an ACL policy.
     pub async fn policy_write(&self, name: &str, text: &str) -> Result<(), VaultError> {
-        let op = format!("PUT sys/policy/{name}");
-        let (name, text) = (name.to_string(), text.to_string());
-        self.typed(&op, true, |c| {
-            let (name, text) = (name.clone(), text.clone());
-            async move { vaultrs::sys::policy::set(c.as_ref(), &name, &text).await }
-        })
-        .await
+        self.request(Method::PUT, &format!("sys/policies/acl/{name}"), Some(&serde_json::json!({ "policy": text }))).await.map(|_| ())
     }
 
     /// Deletes an ACL policy; absent is success.
     pub async fn policy_delete(&self, name: &str) -> Result<(), VaultError> {
-        let op = format!("DELETE sys/policy/{name}");
-        let name = name.to_string();
-        match self
-            .typed(&op, true, |c| {
-                let name = name.clone();
-                async move { vaultrs::sys::policy::delete(c.as_ref(), &name).await }
-            })
-            .await
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        self.delete(&format!("sys/policies/acl/{name}")).await
     }
 
     /// Refreshes the token now if it is due, so an idle session keeps a live token (and
