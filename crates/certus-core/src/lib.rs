@@ -4,8 +4,14 @@
 //! these functions and execute the resulting changes; the CLI prints them for `plan`.
 #![forbid(unsafe_code)]
 
+pub mod auth_method;
 pub mod change;
+pub mod engine;
 pub mod hash;
+pub mod mount;
+pub mod object;
 pub mod policy;
+pub mod role;
+pub mod ttl;
 
 pub use change::{Action, Change, ResourceId};
