@@ -4,20 +4,24 @@
 //! plus small pure helpers about them (condition handling, defaults).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth_method;
 pub mod common;
 pub mod config_status;
 pub mod connection;
 pub mod engine;
 pub mod policy;
+pub mod projection;
 pub mod role;
 
+pub use audit::*;
 pub use auth_method::*;
 pub use common::*;
 pub use config_status::*;
 pub use connection::*;
 pub use engine::*;
 pub use policy::*;
+pub use projection::*;
 pub use role::*;
 
 /// The API group of every kind.
@@ -46,5 +50,6 @@ pub fn all_crds(
         SecretEngine::crd(),
         AuthMethod::crd(),
         VaultRole::crd(),
+        AuditAlertRule::crd(),
     ]
 }

@@ -13,5 +13,6 @@ pub mod object;
 pub mod policy;
 pub mod role;
 pub mod ttl;
+pub mod template;
 
 pub use change::{Action, Change, ResourceId};

@@ -7,12 +7,20 @@
 //! bad spec never changes Vault.
 #![forbid(unsafe_code)]
 
+pub mod auth_method;
+pub mod config;
 pub mod connection;
+pub mod engine;
 pub mod error;
+pub mod order;
 pub mod policy;
+pub mod role;
+pub mod sink;
 
 pub use connection::{connection_check, resolve_connection, ConnectionCheck, Resolver};
+pub use config::{ConfigOutcome, LastApplied, RoleIdOutput};
 pub use error::ReconcileError;
+pub use order::{apply_all, Applied, Outcome, Resource};
 
 /// Whether a pipeline may write to Vault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
