@@ -10,6 +10,9 @@ use crate::engine::{default_retain, MountTune};
 
 /// An auth method enabled in Vault (`sys/auth/<path>`) and its configuration
 /// (`auth/<path>/config`). Type and path are immutable.
+// kube's printcolumn(..) arguments repeat `type_ = ...`, which clippy mistakes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "vault.certus.io",

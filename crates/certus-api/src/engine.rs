@@ -11,6 +11,9 @@ use crate::config_status::VaultObjectStatus;
 /// configuration (database connections, PKI CA and URLs, AWS root credentials, KV
 /// settings). The mount type and path are immutable: changing them would mean
 /// unmounting, which destroys every secret stored under the mount.
+// kube's printcolumn(..) arguments repeat `type_ = ...`, which clippy mistakes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "vault.certus.io",

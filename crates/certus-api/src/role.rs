@@ -13,6 +13,9 @@ use crate::config_status::VaultObjectStatus;
 /// `databaseStatic`, `pki`, `aws`, `kubernetesSecrets`. The role is written under its
 /// mount (which must exist: until it does the resource waits with
 /// `reason: WaitingForDependency`).
+// kube's printcolumn(..) arguments repeat `type_ = ...`, which clippy mistakes for
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "vault.certus.io",

@@ -1,0 +1,190 @@
+//! Ordering without a scheduler: reconcile a set of resources in any order, retrying
+//! those that wait for a dependency (a mount, a policy, a database connection, a Secret)
+//! until a round makes no progress. Used by `certus-vault apply -f DIR`; the operator
+//! gets the same effect from per-resource retries with backoff.
+
+use std::collections::BTreeMap;
+
+use certus_api::{AuthMethod, SecretEngine, VaultPolicy, VaultRole};
+use certus_core::ResourceId;
+use certus_vault_client::VaultSession;
+
+use crate::config::{ConfigOutcome, LastApplied};
+use crate::connection::Resolver;
+use crate::error::ReconcileError;
+use crate::policy::PolicyOutcome;
+use crate::Mode;
+
+/// One resource of a set applied together (boxed: the specs differ a lot in size).
+#[derive(Clone, Debug)]
+pub enum Resource {
+    Policy(Box<VaultPolicy>),
+    Engine(Box<SecretEngine>),
+    Auth(Box<AuthMethod>),
+    Role(Box<VaultRole>),
+}
+
+impl Resource {
+    /// The resource id used in plan output and as the state key.
+    pub fn id(&self) -> ResourceId {
+        match self {
+            Resource::Policy(p) => crate::policy::resource_id(p),
+            Resource::Engine(e) => crate::engine::resource_id(e),
+            Resource::Auth(a) => crate::auth_method::resource_id(a),
+            Resource::Role(r) => crate::role::resource_id(r),
+        }
+    }
+}
+
+/// What reconciling one resource produced.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Policy(PolicyOutcome),
+    Config(ConfigOutcome),
+}
+
+impl Outcome {
+    /// The planned changes.
+    pub fn changes(&self) -> Vec<certus_core::Change> {
+        match self {
+            Outcome::Policy(p) => vec![p.change.clone()],
+            Outcome::Config(c) => c.changes.clone(),
+        }
+    }
+    /// Whether Vault was written.
+    pub fn written(&self) -> bool {
+        match self {
+            Outcome::Policy(p) => p.written,
+            Outcome::Config(c) => c.written,
+        }
+    }
+    /// What to remember for the next run (the CLI's state, the operator's status).
+    pub fn last_applied(&self) -> LastApplied {
+        match self {
+            Outcome::Policy(p) => LastApplied {
+                applied_hash: Some(p.hash.clone()),
+                secret_hashes: Default::default(),
+            },
+            Outcome::Config(c) => LastApplied {
+                applied_hash: c.in_sync.then(|| c.applied_hash.clone()),
+                secret_hashes: c.secret_hashes.clone(),
+            },
+        }
+    }
+}
+
+/// The result for one resource of [`apply_all`].
+#[derive(Debug)]
+pub struct Applied {
+    pub id: ResourceId,
+    /// Index of the resource in the input.
+    pub index: usize,
+    pub result: Result<Outcome, ReconcileError>,
+    /// The round (1-based) in which the resource settled.
+    pub round: usize,
+}
+
+/// Reconciles one resource. `policy_names` maps `(namespace, VaultPolicy name)` to the
+/// Vault policy name, for `policyRefs`.
+pub async fn reconcile_one<R: Resolver>(
+    vault: &VaultSession,
+    resource: &Resource,
+    resolver: &R,
+    policy_names: &BTreeMap<(String, String), String>,
+    last: &LastApplied,
+    mode: Mode,
+) -> Result<Outcome, ReconcileError> {
+    match resource {
+        Resource::Policy(p) => {
+            crate::policy::reconcile(vault, p, last.applied_hash.as_deref(), mode)
+                .await
+                .map(Outcome::Policy)
+        }
+        Resource::Engine(e) => crate::engine::reconcile(vault, e, resolver, last, mode)
+            .await
+            .map(Outcome::Config),
+        Resource::Auth(a) => crate::auth_method::reconcile(vault, a, resolver, last, mode)
+            .await
+            .map(Outcome::Config),
+        Resource::Role(r) => {
+            let ns = r
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let lookup = |name: &str| policy_names.get(&(ns.clone(), name.to_string())).cloned();
+            crate::role::reconcile(vault, r, &lookup, last, mode)
+                .await
+                .map(Outcome::Config)
+        }
+    }
+}
+
+/// The `(namespace, name) → Vault policy name` map of the policies in a set.
+pub fn policy_names(resources: &[Resource]) -> BTreeMap<(String, String), String> {
+    resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Policy(p) => Some((
+                (
+                    p.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    p.metadata.name.clone().unwrap_or_default(),
+                ),
+                p.vault_name(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reconciles every resource, in the given order, in rounds: a resource that fails with
+/// [`ReconcileError::Dependency`] is retried in the next round, as long as the previous
+/// round settled at least one resource. Converges for any input order when every
+/// dependency is in the set (or already in Vault). `state` holds what was remembered for
+/// each resource (missing entries mean `LastApplied::default()`). Results come back in
+/// input order; resources still waiting carry their last Dependency error.
+pub async fn apply_all<R: Resolver>(
+    vault: &VaultSession,
+    resources: &[Resource],
+    resolver: &R,
+    state: &BTreeMap<ResourceId, LastApplied>,
+    mode: Mode,
+) -> Vec<Applied> {
+    let names = policy_names(resources);
+    let mut results: Vec<Option<Applied>> = (0..resources.len()).map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..resources.len()).collect();
+    let mut round = 0;
+    while !pending.is_empty() {
+        round += 1;
+        let mut waiting = vec![];
+        let mut settled = 0;
+        for &i in &pending {
+            let res = &resources[i];
+            let id = res.id();
+            let last = state.get(&id).cloned().unwrap_or_default();
+            let result = reconcile_one(vault, res, resolver, &names, &last, mode).await;
+            let waits = matches!(result, Err(ReconcileError::Dependency(_)));
+            if waits {
+                waiting.push(i);
+            } else {
+                settled += 1;
+            }
+            results[i] = Some(Applied {
+                id,
+                index: i,
+                result,
+                round,
+            });
+        }
+        pending = waiting;
+        if settled == 0 || mode == Mode::Plan {
+            // No progress is possible: nothing new exists in Vault (or plan mode, which
+            // never creates what the waiting resources need).
+            break;
+        }
+    }
+    results.into_iter().flatten().collect()
+}
