@@ -346,3 +346,40 @@ pub mod kube_like {
         certus_api::VaultPolicy
     );
 }
+
+/// A throwaway self-signed CA certificate (CN=test-k8s-ca), used as a Kubernetes API CA.
+pub const TEST_CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIDDTCCAfWgAwIBAgIUcdGyTedGBIA2JmD8DrMrlNK+d90wDQYJKoZIhvcNAQEL\n\
+BQAwFjEUMBIGA1UEAwwLdGVzdC1rOHMtY2EwHhcNMjYxMjA0MjAyMDEyWhcNMzYx\n\
+MjAxMjAyMDEyWjAWMRQwEgYDVQQDDAt0ZXN0LWs4cy1jYTCCASIwDQYJKoZIhvcN\n\
+AQEBBQADggEPADCCAQoCggEBAOLKuSAjv70kSCoOFNSAmFxrgL+0hjP17pske7Zq\n\
+b258ZD8EQue09hchv2++Ng7OaZ+kwA7gKrnGUd9nvC6wwPC8yFNiw/dJk6M5MdwB\n\
+73009fHrBlTBrd8R3fb8R7RbQqYIKwTaoZSPmRdIFLktcyMmXwpbMz1bpwnnpzQC\n\
+bEgZ9/509YEFNfKtZzo4rRFdG1PXHceYBRRQ+2jCmkod69L/S3zVfQdx89TKv8op\n\
+xV0kmavUmehTgHyY5WlEO2rIJKNjXJKtYwuvSdY8qb80kx0E2UWuYXs9+jG7VTsZ\n\
+ihrK4nUm0s2Sl93DybqehW6m8YrLp+78qz3mxeU8XbXq6VECAwEAAaNTMFEwHQYD\n\
+VR0OBBYEFP7GJNGVifbQ+8HWZjwqFkq8eA+EMB8GA1UdIwQYMBaAFP7GJNGVifbQ\n\
++8HWZjwqFkq8eA+EMA8GA1UdEwEB/wQFMAMBAf8wDQYJKoZIhvcNAQELBQADggEB\n\
+AIywuMkBqez3LRcR6tRntWJ9cWfVT4UEFvvC2jA8R2bDjIinc5QxQb1Hug57vIpw\n\
+7ETlyUoQ8hN7P2DD7cm3upYY0YTO/YfrgWGF5nKTaaFkpDVngbQLnnlVe3kbm1Pf\n\
+0SzUyAa8weiogfWMu5IzZA8ddOd9C75mkR2VrLYdGur7kcDfjQtd/K8+T6/3i9SZ\n\
+1PAFp6Gv8b6mdbE+kCQQJ8N0YynM9gF2l0SAqMDHFx2EzCOzacRkaXZS+SiOs2T3\n\
+IBlF5rR2yiX89RtfDtWeWrJqyr3ps2oMS/ovQvSc78WnI7a6/8m4dUeCHfA0xUp0\n\
+XtMON/3bfadMA+kl7M6Gu2M=\n\
+-----END CERTIFICATE-----\n\
+";
+
+/// A throwaway RSA public key that verifies JWTs in the JWT/OIDC tests (its private key
+/// was discarded).
+pub const TEST_JWT_PUBKEY: &str = "\
+-----BEGIN PUBLIC KEY-----\n\
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAuf8C/t+RxtRyKhqW6J8x\n\
+teecBz+HI30AhelzsLnOK7JSXi0ApZSVqcAqiJwPhVMC9oPDYe8amPyX6/drIdyv\n\
++PKLESL6JgTgliJI8pSdqp1g9tzFwoK3hMWuzBI8ToTGjLGboLoiDEIqmIixBq/G\n\
+1l/PHqCe6F44ROh4tMxBDPEm0+YSwFqK/zMrUXbKjzK3HPia0rhU8+pc9U0y48Ge\n\
+SMDQDNKp8IjSIWUpmIuLKnI4wXEHNH8IVazmyx8coKMBPos0t+ajb6YcbqNW3PcG\n\
+Icb8u4zU96jBRi923SvFybejc3nm04yj0nLAYOkM8khJT6mawB3/MQ7CD3AHYzHF\n\
+dwIDAQAB\n\
+-----END PUBLIC KEY-----\n\
+";
