@@ -13,6 +13,8 @@ pub mod engine;
 pub mod policy;
 pub mod projection;
 pub mod role;
+pub mod rotation;
+pub mod static_secret;
 
 pub use audit::*;
 pub use auth_method::*;
@@ -23,6 +25,8 @@ pub use engine::*;
 pub use policy::*;
 pub use projection::*;
 pub use role::*;
+pub use rotation::*;
+pub use static_secret::*;
 
 /// The API group of every kind.
 pub const GROUP: &str = "vault.certus.io";
@@ -51,5 +55,7 @@ pub fn all_crds(
         AuthMethod::crd(),
         VaultRole::crd(),
         AuditAlertRule::crd(),
+        StaticSecret::crd(),
+        RotationPolicy::crd(),
     ]
 }

@@ -12,6 +12,7 @@ pub mod mount;
 pub mod object;
 pub mod policy;
 pub mod role;
+pub mod rotation;
 pub mod ttl;
 pub mod template;
 
