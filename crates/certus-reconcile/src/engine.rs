@@ -75,9 +75,6 @@ pub async fn reconcile<R: Resolver>(
     out.drift |= mount_change.drift;
     out.changes.push(mount_change);
     let parent_exists = mounted;
-    if !mounted && !write {
-        // Plan mode (or reported drift): the objects below cannot exist yet.
-    }
     for (obj, vals) in desired.objects.iter().zip(&values) {
         let action = sync_object(
             vault,

@@ -154,7 +154,10 @@ impl Raw {
 
 /// Secrets kept in memory, keyed by (namespace, name, key).
 #[derive(Clone, Default)]
-pub struct MapResolver(Arc<Mutex<BTreeMap<(String, String, String), String>>>);
+pub struct MapResolver(Arc<Mutex<SecretMap>>);
+
+/// (namespace, name, key) → value.
+type SecretMap = BTreeMap<(String, String, String), String>;
 
 impl MapResolver {
     pub fn new() -> Self {

@@ -304,7 +304,7 @@ async fn bad_input_is_invalid_and_touches_nothing() {
             .await
             .unwrap_err();
         assert!(matches!(err, ReconcileError::Invalid(_)), "{err:?}");
-        assert!(err.to_string().starts_with(&format!("{field}")), "{err}");
+        assert!(err.to_string().starts_with(field), "{err}");
         assert_eq!(stats(&v).since(&before), Default::default());
     }
 }

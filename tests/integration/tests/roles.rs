@@ -91,7 +91,7 @@ async fn kubernetes_role_waits_for_mount_and_policy_then_drift_and_delete() {
         .unwrap();
     assert!(out.written && out.in_sync);
     assert_eq!(out.vault_path, format!("auth/{mount}/role/certus-agent"));
-    assert_eq!(out.policies, [policy.clone()]);
+    assert_eq!(out.policies, std::slice::from_ref(&policy));
     remember(&mut last, &out);
     let d = raw.data(&out.vault_path).await.unwrap();
     assert_eq!(d["token_ttl"], 900);
