@@ -621,4 +621,105 @@ mod tests {
         assert_eq!(d.mount, "database");
         assert_eq!(d.max_ttl.as_deref(), Some("24h"));
     }
+
+    fn cel_err<
+        K: serde::Serialize + kube::Resource + schemars::JsonSchema + kube::CustomResourceExt,
+    >(
+        obj: &K,
+    ) -> String {
+        kube::core::cel::validate_cel(obj)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    fn manifest<K: serde::de::DeserializeOwned>(kind: &str, spec: &str) -> K {
+        serde_yaml::from_str(&format!(
+            "apiVersion: vault.certus.io/v1alpha1\nkind: {kind}\nmetadata: {{name: a, namespace: n}}\nspec: {spec}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn vault_role_cel_rules_behave() {
+        let k8s = "kubernetes: {boundServiceAccountNames: [a], boundServiceAccountNamespaces: [b]}";
+        let ok: VaultRole = manifest("VaultRole", &format!("{{{k8s}}}"));
+        assert_eq!(cel_err(&ok), "");
+        let none: VaultRole = manifest("VaultRole", "{}");
+        assert!(
+            cel_err(&none).contains("set exactly one of kubernetes, appRole"),
+            "{}",
+            cel_err(&none)
+        );
+        let two: VaultRole = manifest("VaultRole", &format!("{{{k8s}, appRole: {{}}}}"));
+        assert!(cel_err(&two).contains("set exactly one of"));
+        let named: VaultRole = manifest("VaultRole", &format!("{{name: x, {k8s}}}"));
+        let renamed: VaultRole = manifest("VaultRole", &format!("{{name: y, {k8s}}}"));
+        let e = kube::core::cel::validate_cel_update(&renamed, &named)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.name is immutable"), "{e}");
+        kube::core::cel::validate_cel_update(&named, &named).unwrap();
+        let ks: VaultRole = manifest(
+            "VaultRole",
+            "{kubernetesSecrets: {allowedKubernetesNamespaces: [a], serviceAccountName: s, kubernetesRoleName: r}}",
+        );
+        assert!(cel_err(&ks).contains("exactly one of serviceAccountName, kubernetesRoleName"));
+    }
+
+    #[test]
+    fn secret_engine_cel_rules_behave() {
+        use crate::SecretEngine;
+        let kv: SecretEngine = manifest(
+            "SecretEngine",
+            "{path: certus, type: kv-v2, kv: {maxVersions: 3}}",
+        );
+        assert_eq!(cel_err(&kv), "");
+        let moved: SecretEngine = manifest("SecretEngine", "{path: other, type: kv-v2}");
+        let e = kube::core::cel::validate_cel_update(&moved, &kv)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.path is immutable"), "{e}");
+        let retyped: SecretEngine = manifest("SecretEngine", "{path: certus, type: kv}");
+        let e = kube::core::cel::validate_cel_update(&retyped, &kv)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.type is immutable"), "{e}");
+        let wrong: SecretEngine = manifest(
+            "SecretEngine",
+            "{path: db, type: database, kv: {maxVersions: 3}}",
+        );
+        assert!(cel_err(&wrong).contains("spec.kv is only valid with spec.type kv-v2"));
+        let sys: SecretEngine = manifest("SecretEngine", "{path: sys, type: kv-v2}");
+        assert!(cel_err(&sys).contains("reserves"));
+        let int: SecretEngine = manifest(
+            "SecretEngine",
+            "{path: pki-int, type: pki, pki: {ca: {type: Intermediate, commonName: x}}}",
+        );
+        assert!(cel_err(&int).contains("needs signedBy"));
+    }
+
+    #[test]
+    fn auth_method_cel_rules_behave() {
+        use crate::AuthMethod;
+        let k: AuthMethod = manifest("AuthMethod", "{path: kubernetes, type: kubernetes}");
+        assert_eq!(cel_err(&k), "");
+        let retyped: AuthMethod = manifest("AuthMethod", "{path: kubernetes, type: approle}");
+        let e = kube::core::cel::validate_cel_update(&retyped, &k)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.type is immutable"), "{e}");
+        let token: AuthMethod = manifest("AuthMethod", "{path: token, type: token}");
+        assert!(cel_err(&token).contains("built into Vault"));
+        let two: AuthMethod = manifest(
+            "AuthMethod",
+            "{path: oidc, type: oidc, jwt: {oidcDiscoveryURL: 'https://i', jwksURL: 'https://j'}}",
+        );
+        assert!(cel_err(&two).contains("exactly one of oidcDiscoveryURL, jwksURL"));
+        let misplaced: AuthMethod = manifest(
+            "AuthMethod",
+            "{path: a, type: approle, jwt: {jwksURL: 'https://j'}}",
+        );
+        assert!(cel_err(&misplaced).contains("spec.jwt is only valid"));
+    }
 }
