@@ -28,6 +28,9 @@ pub struct LastApplied {
     pub applied_hash: Option<String>,
     /// `status.secretHashes`.
     pub secret_hashes: BTreeMap<String, String>,
+    /// `status.vaultPath`: where the object was last written (a VaultRole whose mount
+    /// changed removes its old role there when `deletionPolicy: Delete`).
+    pub vault_path: Option<String>,
 }
 
 impl LastApplied {
@@ -37,6 +40,7 @@ impl LastApplied {
             .map(|s| LastApplied {
                 applied_hash: s.applied_hash.clone(),
                 secret_hashes: s.secret_hashes.clone(),
+                vault_path: s.vault_path.clone(),
             })
             .unwrap_or_default()
     }
@@ -110,8 +114,8 @@ impl ConfigOutcome {
         self.changes.iter().any(|c| c.action.writes())
     }
 
-    /// Records the outcome in a status: vault path, hashes (only when Vault matches the
-    /// spec), accessor, policies, `lastSynced`/`lastDrift`, and the `Ready` and `Drifted`
+    /// Records the outcome in a status: vault path and hashes (only when Vault matches
+    /// the spec), accessor, policies, `lastSynced`/`lastDrift`, and the `Ready` and `Drifted`
     /// conditions. `role_id_secret` is set by the caller after it wrote the Secret.
     pub fn record(
         &self,
@@ -120,8 +124,8 @@ impl ConfigOutcome {
         now: DateTime<Utc>,
     ) {
         status.observed_generation = generation;
-        status.vault_path = Some(self.vault_path.clone());
         if self.in_sync {
+            status.vault_path = Some(self.vault_path.clone());
             status.applied_hash = Some(self.applied_hash.clone());
             status.secret_hashes = self.secret_hashes.clone();
             status.last_synced = Some(now);

@@ -64,10 +64,12 @@ impl Outcome {
             Outcome::Policy(p) => LastApplied {
                 applied_hash: Some(p.hash.clone()),
                 secret_hashes: Default::default(),
+                vault_path: Some(format!("sys/policies/acl/{}", p.vault_name)),
             },
             Outcome::Config(c) => LastApplied {
                 applied_hash: c.in_sync.then(|| c.applied_hash.clone()),
                 secret_hashes: c.secret_hashes.clone(),
+                vault_path: c.in_sync.then(|| c.vault_path.clone()),
             },
         }
     }

@@ -110,6 +110,26 @@ pub async fn reconcile(
         &mut out,
     )
     .await?;
+    // The role moved (another mount): remove the old one, as deleting the resource would.
+    if let Some(old) = last.vault_path.as_deref().filter(|p| *p != d.object.path) {
+        if r.spec.deletion_policy == DeletionPolicy::Delete
+            && read_data(vault, old).await?.is_some()
+        {
+            if mode == Mode::Apply {
+                vault.delete(old).await?;
+                out.written = true;
+            } else {
+                out.in_sync = false;
+            }
+            out.changes.push(Change {
+                resource: id.clone(),
+                action: Action::Delete,
+                target: old.to_string(),
+                drift: false,
+                detail: Some(format!("the role moved to {}", d.object.path)),
+            });
+        }
+    }
     if let Some(secret_name) = &d.role_id_secret {
         let exists = action != Action::Create || out.written;
         if exists {

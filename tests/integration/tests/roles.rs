@@ -256,7 +256,47 @@ async fn approle_role_and_role_id_publication() {
         .await
         .unwrap();
     assert!(out.drift && out.written);
+    remember(&mut last, &out);
+
+    // Moving the role to another AppRole mount removes the old role (deletionPolicy Delete).
+    let mount2 = format!("{mount}-2");
+    raw.write(&format!("sys/auth/{mount2}"), json!({"type": "approle"}))
+        .await;
+    let mut moved = r.clone();
+    moved.spec.app_role.as_mut().unwrap().mount = mount2.clone();
+    let plan = role::reconcile(&v, &moved, &no_policies, &last, Mode::Plan)
+        .await
+        .unwrap();
+    let actions: Vec<_> = plan
+        .changes
+        .iter()
+        .map(|c| (c.action, c.target.clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (Action::Create, format!("auth/{mount2}/role/certus-service")),
+            (Action::Delete, format!("auth/{mount}/role/certus-service"))
+        ]
+    );
+    let out = role::reconcile(&v, &moved, &no_policies, &last, Mode::Apply)
+        .await
+        .unwrap();
+    remember(&mut last, &out);
+    assert!(raw
+        .data(&format!("auth/{mount}/role/certus-service"))
+        .await
+        .is_none());
+    assert!(raw
+        .data(&format!("auth/{mount2}/role/certus-service"))
+        .await
+        .is_some());
+    assert_eq!(
+        last.vault_path.as_deref(),
+        Some(format!("auth/{mount2}/role/certus-service").as_str())
+    );
     raw.disable_auth(&mount).await;
+    raw.disable_auth(&mount2).await;
 }
 
 #[tokio::test]
