@@ -333,3 +333,86 @@ pub(crate) fn ns_name(namespace: &Option<String>, name: &Option<String>) -> (Str
         name.clone().unwrap_or_default(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certus_api::find_condition;
+    use chrono::TimeZone;
+
+    fn outcome(in_sync: bool, drift: bool, written: bool) -> ConfigOutcome {
+        let mut o =
+            ConfigOutcome::new("auth/k/role/r".into(), "h2".into(), &LastApplied::default());
+        o.in_sync = in_sync;
+        o.drift = drift;
+        o.written = written;
+        o.secret_hashes.insert("p".into(), "s".into());
+        o
+    }
+
+    #[test]
+    fn record_sets_hashes_only_when_in_sync_and_conditions() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut st = VaultObjectStatus {
+            applied_hash: Some("h1".into()),
+            ..Default::default()
+        };
+        outcome(false, true, false).record(&mut st, Some(3), now);
+        assert_eq!(
+            st.applied_hash.as_deref(),
+            Some("h1"),
+            "reported drift keeps the old hash"
+        );
+        assert_eq!(st.vault_path, None);
+        assert_eq!(st.last_drift, Some(now));
+        let ready = find_condition(&st.conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (ConditionStatus::False, "DriftDetected")
+        );
+        assert_eq!(
+            find_condition(&st.conditions, "Drifted").unwrap().status,
+            ConditionStatus::True
+        );
+
+        outcome(true, true, true).record(&mut st, Some(3), now);
+        assert_eq!(st.applied_hash.as_deref(), Some("h2"));
+        assert_eq!(st.secret_hashes.get("p").map(String::as_str), Some("s"));
+        assert_eq!(st.vault_path.as_deref(), Some("auth/k/role/r"));
+        assert_eq!(st.observed_generation, Some(3));
+        let ready = find_condition(&st.conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (ConditionStatus::True, "DriftCorrected")
+        );
+        outcome(true, false, false).record(&mut st, Some(4), now);
+        assert_eq!(
+            find_condition(&st.conditions, "Ready").unwrap().reason,
+            "Reconciled"
+        );
+        assert_eq!(
+            find_condition(&st.conditions, "Drifted").unwrap().status,
+            ConditionStatus::False
+        );
+        let back = LastApplied::from_status(Some(&st));
+        assert_eq!(back.applied_hash.as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn role_id_is_not_in_debug_output() {
+        let r = RoleIdOutput {
+            secret_name: "s".into(),
+            role_id: "0f1e2d3c".into(),
+        };
+        assert!(!format!("{r:?}").contains("0f1e2d3c"));
+    }
+
+    #[test]
+    fn writes_only_in_apply_and_not_for_reported_drift() {
+        use certus_api::DriftPolicy::*;
+        assert!(may_write(Mode::Apply, false, Report));
+        assert!(may_write(Mode::Apply, true, Correct));
+        assert!(!may_write(Mode::Apply, true, Report));
+        assert!(!may_write(Mode::Plan, false, Correct));
+    }
+}
