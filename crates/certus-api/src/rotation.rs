@@ -58,6 +58,8 @@ pub mod rotation_kv_metadata {
 /// Rotates a static secret on an `interval` or a cron `schedule`. Set exactly one
 /// target: `kv`, `databaseStaticRole`, `databaseRoot`, `appRoleSecretId` or `manual`.
 /// Annotate with `vault.certus.io/rotate-now: <any new value>` to rotate once at once.
+// The printer columns repeat `name`/`type_`/`json_path`; clippy takes them for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "vault.certus.io",
@@ -69,9 +71,21 @@ pub mod rotation_kv_metadata {
     shortname = "rotpol",
     doc = "Rotates a static secret (generated KV values, database static role or root credential, AppRole SecretID) on an interval or cron schedule, or reports that a manual rotation is due.",
     printcolumn(name = "Target", type_ = "string", json_path = ".status.target"),
-    printcolumn(name = "Interval/Schedule", type_ = "string", json_path = ".status.when"),
-    printcolumn(name = "Last Rotated", type_ = "date", json_path = ".status.lastRotated"),
-    printcolumn(name = "Next Rotation", type_ = "string", json_path = ".status.nextRotation"),
+    printcolumn(
+        name = "Interval/Schedule",
+        type_ = "string",
+        json_path = ".status.when"
+    ),
+    printcolumn(
+        name = "Last Rotated",
+        type_ = "date",
+        json_path = ".status.lastRotated"
+    ),
+    printcolumn(
+        name = "Next Rotation",
+        type_ = "string",
+        json_path = ".status.nextRotation"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -176,10 +190,16 @@ pub enum KeepPrevious {
 #[serde(rename_all = "camelCase")]
 pub struct KvRotation {
     /// Path the KV v2 engine is mounted at, e.g. `secret`.
-    #[schemars(length(min = 1, max = 512), regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$"))]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$")
+    )]
     pub mount: String,
     /// Path of the secret inside the mount, e.g. `mcp/assurance`.
-    #[schemars(length(min = 1, max = 1024), regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$"))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$")
+    )]
     pub path: String,
     /// The keys to generate and how.
     #[schemars(length(min = 1, max = 32))]
@@ -371,10 +391,16 @@ pub struct AppRoleSecretIdRotation {
 #[serde(rename_all = "camelCase")]
 pub struct ManualRotation {
     /// Path the KV v2 engine is mounted at.
-    #[schemars(length(min = 1, max = 512), regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$"))]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$")
+    )]
     pub mount: String,
     /// Path of the secret inside the mount, e.g. `prod/openai`.
-    #[schemars(length(min = 1, max = 1024), regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$"))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$")
+    )]
     pub path: String,
 }
 
@@ -515,8 +541,14 @@ mod tests {
         assert_eq!(p.spec.when_label(), "7d");
         let pw = parse("  schedule: '0 2 * * 0'\n  timeZone: Europe/Berlin\n  kv:\n    mount: secret\n    path: aws\n    keys: [{key: a, password: {length: 20, symbols: 2}}, {key: b, randomBytes: {encoding: hex}}]\n");
         kube::core::cel::validate_cel(&pw).unwrap();
-        let g = pw.spec.kv.as_ref().unwrap().keys[0].password.clone().unwrap();
-        assert_eq!((g.length, g.lowercase, g.uppercase, g.digits, g.symbols), (20, 1, 1, 1, 2));
+        let g = pw.spec.kv.as_ref().unwrap().keys[0]
+            .password
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (g.length, g.lowercase, g.uppercase, g.digits, g.symbols),
+            (20, 1, 1, 1, 2)
+        );
         assert_eq!(pw.spec.when_label(), "0 2 * * 0 (Europe/Berlin)");
         let db = parse("  interval: 30d\n  databaseStaticRole: {role: app}\n");
         kube::core::cel::validate_cel(&db).unwrap();
@@ -527,13 +559,28 @@ mod tests {
 
     #[test]
     fn cel_rules_reject_bad_unions() {
-        assert!(cel_err("  interval: 1d\n  manual: {mount: s, path: p}\n  databaseRoot: {connection: pg}\n").contains("exactly one of kv"));
+        assert!(cel_err(
+            "  interval: 1d\n  manual: {mount: s, path: p}\n  databaseRoot: {connection: pg}\n"
+        )
+        .contains("exactly one of kv"));
         assert!(cel_err("  interval: 1d\n").contains("exactly one of kv"));
-        assert!(cel_err("  interval: 1d\n  schedule: '0 2 * * *'\n  databaseRoot: {connection: pg}\n").contains("exactly one of interval"));
+        assert!(cel_err(
+            "  interval: 1d\n  schedule: '0 2 * * *'\n  databaseRoot: {connection: pg}\n"
+        )
+        .contains("exactly one of interval"));
         assert!(cel_err("  databaseRoot: {connection: pg}\n").contains("exactly one of interval"));
-        assert!(cel_err("  interval: 1d\n  timeZone: UTC\n  databaseRoot: {connection: pg}\n").contains("timeZone"));
-        assert!(cel_err("  interval: 1d\n  gracePeriod: 1h\n  databaseRoot: {connection: pg}\n").contains("gracePeriod"));
-        assert!(cel_err("  schedule: '0 2 * * *'\n  manual: {mount: s, path: p}\n").contains("manual policy needs an interval"));
+        assert!(
+            cel_err("  interval: 1d\n  timeZone: UTC\n  databaseRoot: {connection: pg}\n")
+                .contains("timeZone")
+        );
+        assert!(
+            cel_err("  interval: 1d\n  gracePeriod: 1h\n  databaseRoot: {connection: pg}\n")
+                .contains("gracePeriod")
+        );
+        assert!(
+            cel_err("  schedule: '0 2 * * *'\n  manual: {mount: s, path: p}\n")
+                .contains("manual policy needs an interval")
+        );
         assert!(cel_err("  interval: 1d\n  kv: {mount: s, path: p, keys: [{key: k, token: {}, password: {}}]}\n").contains("exactly one of password"));
         assert!(cel_err("  interval: 1d\n  kv: {mount: s, path: p, keepPrevious: ValidTokens, keys: [{key: a, token: {}}, {key: b, token: {}}]}\n").contains("exactly one key"));
         assert!(cel_err("  interval: 1d\n  kv: {mount: s, path: p, keys: [{key: k, password: {length: 8, lowercase: 4, uppercase: 4, digits: 1}}]}\n").contains("add up to more than length"));
@@ -556,7 +603,14 @@ mod tests {
             .collect();
         assert_eq!(
             cols,
-            ["Target", "Interval/Schedule", "Last Rotated", "Next Rotation", "Ready", "Age"]
+            [
+                "Target",
+                "Interval/Schedule",
+                "Last Rotated",
+                "Next Rotation",
+                "Ready",
+                "Age"
+            ]
         );
         let status = &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
         assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
@@ -575,7 +629,10 @@ mod tests {
             });
         }
         assert_eq!(
-            s.history.iter().map(|r| r.version.unwrap()).collect::<Vec<_>>(),
+            s.history
+                .iter()
+                .map(|r| r.version.unwrap())
+                .collect::<Vec<_>>(),
             [7, 6, 5, 4, 3]
         );
     }

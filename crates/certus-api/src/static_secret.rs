@@ -22,6 +22,8 @@ pub mod static_secret_annotations {
 /// version with a metadata read (the data is read only when the version changed or the
 /// Secret was deleted or edited); KV v1 has no versions, so its data is read on every
 /// refresh and the Secret written only when it changed.
+// The printer columns repeat `name`/`type_`/`json_path`; clippy takes them for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "vault.certus.io",
@@ -33,7 +35,11 @@ pub mod static_secret_annotations {
     shortname = "ssec",
     doc = "A KV v2/v1 secret projected into a Kubernetes Secret, refreshed on an interval, with optional rollout restarts.",
     printcolumn(name = "Path", type_ = "string", json_path = ".status.source"),
-    printcolumn(name = "Version", type_ = "integer", json_path = ".status.syncedVersion"),
+    printcolumn(
+        name = "Version",
+        type_ = "integer",
+        json_path = ".status.syncedVersion"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -60,10 +66,16 @@ pub struct StaticSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_ref: Option<ConnectionRef>,
     /// Path the KV secrets engine is mounted at, e.g. `secret` or `certus`.
-    #[schemars(length(min = 1, max = 512), regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$"))]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$")
+    )]
     pub mount: String,
     /// Path of the secret inside the mount, e.g. `prod/openai` (without `data/`).
-    #[schemars(length(min = 1, max = 1024), regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$"))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = "^[^/\\s]([^\\s]*[^/\\s])?$")
+    )]
     pub path: String,
     /// KV engine version of the mount: `2` (default, versioned) or `1`.
     #[serde(default = "default_kv_version")]
@@ -102,7 +114,8 @@ impl StaticSecretSpec {
         match &self.refresh_interval {
             None => Ok(DEFAULT_REFRESH_INTERVAL),
             Some(s) => {
-                let d = crate::parse_duration(s).map_err(|e| format!("spec.refreshInterval: {e}"))?;
+                let d =
+                    crate::parse_duration(s).map_err(|e| format!("spec.refreshInterval: {e}"))?;
                 if d < std::time::Duration::from_secs(1) {
                     return Err(format!("spec.refreshInterval: {s:?} is shorter than 1s"));
                 }
@@ -113,7 +126,11 @@ impl StaticSecretSpec {
 
     /// `<mount>/<path>`, for messages and the status.
     pub fn source(&self) -> String {
-        format!("{}/{}", self.mount.trim_matches('/'), self.path.trim_matches('/'))
+        format!(
+            "{}/{}",
+            self.mount.trim_matches('/'),
+            self.path.trim_matches('/')
+        )
     }
 }
 
@@ -166,7 +183,9 @@ mod tests {
         assert_eq!(s.spec.source(), "secret/app/db");
         kube::core::cel::validate_cel(&s).unwrap();
         let pinned_v1 = parse("apiVersion: vault.certus.io/v1alpha1\nkind: StaticSecret\nmetadata: {name: a, namespace: n}\nspec: {mount: kv, path: x, kvVersion: 1, version: 3}\n");
-        let err = kube::core::cel::validate_cel(&pinned_v1).unwrap_err().to_string();
+        let err = kube::core::cel::validate_cel(&pinned_v1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("KV v1 has no versions"), "{err}");
         let bad = parse("apiVersion: vault.certus.io/v1alpha1\nkind: StaticSecret\nmetadata: {name: a, namespace: n}\nspec: {mount: kv, path: x, refreshInterval: 500ms}\n");
         assert!(bad.spec.refresh().unwrap_err().contains("shorter than 1s"));
@@ -184,10 +203,16 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(cols, ["Path", "Version", "Ready", "Reason", "Last Sync", "Age"]);
+        assert_eq!(
+            cols,
+            ["Path", "Version", "Ready", "Reason", "Last Sync", "Age"]
+        );
         let status = &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
         assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
         let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["properties"]["kvVersion"]["maximum"].as_f64(), Some(2.0));
+        assert_eq!(
+            spec["properties"]["kvVersion"]["maximum"].as_f64(),
+            Some(2.0)
+        );
     }
 }

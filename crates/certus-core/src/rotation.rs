@@ -207,7 +207,10 @@ pub enum GenerateError {
 
 /// Checks a password generator's settings (what the CEL rules also check).
 pub fn check_password(g: &PasswordGenerator) -> Result<(), GenerateError> {
-    let mins = u64::from(g.lowercase) + u64::from(g.uppercase) + u64::from(g.digits) + u64::from(g.symbols);
+    let mins = u64::from(g.lowercase)
+        + u64::from(g.uppercase)
+        + u64::from(g.digits)
+        + u64::from(g.symbols);
     if mins > u64::from(g.length) {
         return Err(GenerateError::Invalid(format!(
             "password: the class minimums add up to {mins}, more than length {}",
@@ -224,7 +227,10 @@ pub fn check_password(g: &PasswordGenerator) -> Result<(), GenerateError> {
             "password.symbolCharset must be non-empty printable ASCII".into(),
         ));
     }
-    if g.symbol_charset.bytes().any(|b| b.is_ascii_alphanumeric() || b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if g.symbol_charset
+        .bytes()
+        .any(|b| b.is_ascii_alphanumeric() || b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err(GenerateError::Invalid(
             "password.symbolCharset must hold symbols only (no letters, digits or spaces)".into(),
         ));
@@ -285,12 +291,24 @@ pub fn base64_std(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -331,7 +349,9 @@ pub fn check_keys(
     list_key: &str,
 ) -> Result<(), GenerateError> {
     if keys.is_empty() {
-        return Err(GenerateError::Invalid("spec.kv.keys: at least one key".into()));
+        return Err(GenerateError::Invalid(
+            "spec.kv.keys: at least one key".into(),
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     for k in keys {
@@ -351,22 +371,30 @@ pub fn check_keys(
             )));
         }
         if let Some(p) = &k.password {
-            check_password(p).map_err(|e| GenerateError::Invalid(format!("spec.kv.keys[{}].{e}", k.key)))?;
+            check_password(p)
+                .map_err(|e| GenerateError::Invalid(format!("spec.kv.keys[{}].{e}", k.key)))?;
         }
         if !seen.insert(k.key.clone()) {
-            return Err(GenerateError::Invalid(format!("spec.kv.keys: {:?} appears twice", k.key)));
+            return Err(GenerateError::Invalid(format!(
+                "spec.kv.keys: {:?} appears twice",
+                k.key
+            )));
         }
     }
     match keep {
         KeepPrevious::ValidTokens if keys.len() != 1 => Err(GenerateError::Invalid(
             "spec.kv.keepPrevious: ValidTokens needs exactly one key".into(),
         )),
-        KeepPrevious::ValidTokens if keys.iter().any(|k| k.key == list_key) => Err(GenerateError::Invalid(format!(
-            "spec.kv.validTokensKey {list_key:?} is also a generated key"
-        ))),
-        KeepPrevious::Suffix if keys.iter().any(|k| seen.contains(&previous_key(&k.key))) => Err(GenerateError::Invalid(
-            "spec.kv.keys: a key is named like another key's <key>_previous".into(),
-        )),
+        KeepPrevious::ValidTokens if keys.iter().any(|k| k.key == list_key) => {
+            Err(GenerateError::Invalid(format!(
+                "spec.kv.validTokensKey {list_key:?} is also a generated key"
+            )))
+        }
+        KeepPrevious::Suffix if keys.iter().any(|k| seen.contains(&previous_key(&k.key))) => {
+            Err(GenerateError::Invalid(
+                "spec.kv.keys: a key is named like another key's <key>_previous".into(),
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -450,7 +478,10 @@ pub struct KvMetadata {
 impl KvMetadata {
     /// Reads the fields from a `GET <mount>/metadata/<path>` response's `data`.
     pub fn from_json(data: &Value) -> KvMetadata {
-        let current_version = data.get("current_version").and_then(Value::as_u64).unwrap_or(0);
+        let current_version = data
+            .get("current_version")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let version = data
             .get("versions")
             .and_then(|v| v.get(current_version.to_string()));
@@ -500,14 +531,19 @@ impl KvMetadata {
         self.current_version > 0 && !self.current_deleted
     }
 
-    /// When the secret's value last changed: the current version's creation time, except
-    /// when the current version only removed the previous values at the end of a grace
-    /// period — then the rotation before it. A version written by hand counts.
+    /// When the secret's value last changed: the current version's creation time; for a
+    /// version the operator wrote (a rotation, or the removal of the previous values at
+    /// the end of a grace period, which is no change of the value) the rotation time it
+    /// recorded. A version written by hand counts from its creation.
     pub fn last_change(&self) -> Option<DateTime<Utc>> {
         if !self.exists() {
             return None;
         }
-        if self.custom_u64(meta::CLEANUP_VERSION) == Some(self.current_version) {
+        // Our own rotation (or the version that ended its grace period): the time we
+        // recorded, so every time the decision uses comes from the same clock.
+        if self.custom_u64(meta::CLEANUP_VERSION) == Some(self.current_version)
+            || self.custom_u64(meta::ROTATED_VERSION) == Some(self.current_version)
+        {
             if let Some(t) = self.custom_time(meta::ROTATED_AT) {
                 return Some(t);
             }
@@ -518,10 +554,15 @@ impl KvMetadata {
     /// When the grace period of the operator's last rotation ends, if the current version
     /// is that rotation (so it still holds previous values).
     pub fn grace_ends(&self, grace: Duration) -> Option<DateTime<Utc>> {
-        if grace.is_zero() || self.custom_u64(meta::ROTATED_VERSION) != Some(self.current_version) {
+        if grace.is_zero()
+            || self.custom_u64(meta::ROTATED_VERSION) != Some(self.current_version)
+            || self.custom_u64(meta::CLEANUP_VERSION) == Some(self.current_version)
+        {
             return None;
         }
-        let at = self.custom_time(meta::ROTATED_AT).or(self.current_created)?;
+        let at = self
+            .custom_time(meta::ROTATED_AT)
+            .or(self.current_created)?;
         at.checked_add_signed(chrono::Duration::from_std(grace).ok()?)
     }
 
@@ -542,7 +583,10 @@ pub fn custom_after_rotation(
 ) -> BTreeMap<String, String> {
     let mut m = existing.clone();
     m.insert(meta::ROTATED_VERSION.into(), version.to_string());
-    m.insert(meta::ROTATED_AT.into(), at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    m.insert(
+        meta::ROTATED_AT.into(),
+        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
     m.insert(meta::ROTATED_BY.into(), rotated_by.into());
     m.remove(meta::CLEANUP_VERSION);
     if let Some(v) = rotate_now.filter(|v| !v.is_empty()) {
@@ -581,7 +625,10 @@ mod tests {
         assert_eq!(d.reason, DueReason::NotDue);
         assert_eq!(d.next, Some(t("2026-01-01T00:00:10Z")));
         assert!(decide(&w, Some(last), None, None, t("2026-01-01T00:00:10Z")).rotate());
-        assert_eq!(decide(&w, None, None, None, last).reason, DueReason::Initialize);
+        assert_eq!(
+            decide(&w, None, None, None, last).reason,
+            DueReason::Initialize
+        );
         let w90 = parse_when(Some("90d"), None, None).unwrap();
         assert_eq!(w90.next_after(last), Some(t("2026-04-01T00:00:00Z")));
     }
@@ -591,10 +638,22 @@ mod tests {
         let w = parse_when(Some("90d"), None, None).unwrap();
         let last = Some(t("2026-01-01T00:00:00Z"));
         let now = t("2026-01-02T00:00:00Z");
-        assert_eq!(decide(&w, last, Some("1"), None, now).reason, DueReason::RotateNow);
-        assert_eq!(decide(&w, last, Some("1"), Some("1"), now).reason, DueReason::NotDue);
-        assert_eq!(decide(&w, last, Some("2"), Some("1"), now).reason, DueReason::RotateNow);
-        assert_eq!(decide(&w, last, Some(""), None, now).reason, DueReason::NotDue);
+        assert_eq!(
+            decide(&w, last, Some("1"), None, now).reason,
+            DueReason::RotateNow
+        );
+        assert_eq!(
+            decide(&w, last, Some("1"), Some("1"), now).reason,
+            DueReason::NotDue
+        );
+        assert_eq!(
+            decide(&w, last, Some("2"), Some("1"), now).reason,
+            DueReason::RotateNow
+        );
+        assert_eq!(
+            decide(&w, last, Some(""), None, now).reason,
+            DueReason::NotDue
+        );
     }
 
     #[test]
@@ -607,21 +666,38 @@ mod tests {
         let next = w.next_after(t("2026-07-09T12:00:00Z")).unwrap();
         assert_eq!(next, t("2026-07-10T00:00:00Z"));
         let utc = parse_when(None, Some("30 4 1 * *"), None).unwrap();
-        assert_eq!(utc.next_after(t("2026-03-15T00:00:00Z")).unwrap(), t("2026-04-01T04:30:00Z"));
+        assert_eq!(
+            utc.next_after(t("2026-03-15T00:00:00Z")).unwrap(),
+            t("2026-04-01T04:30:00Z")
+        );
         // A change by hand just after the schedule fired postpones to the next firing.
-        let d = decide(&w, Some(t("2026-01-10T01:00:05Z")), None, None, t("2026-01-10T12:00:00Z"));
+        let d = decide(
+            &w,
+            Some(t("2026-01-10T01:00:05Z")),
+            None,
+            None,
+            t("2026-01-10T12:00:00Z"),
+        );
         assert_eq!(d.reason, DueReason::NotDue);
         assert_eq!(d.next, Some(t("2026-01-11T01:00:00Z")));
     }
 
     #[test]
     fn bad_schedules_are_explained() {
-        assert!(parse_when(None, Some("0 2 * *"), None).unwrap_err().contains("use 5"));
-        assert!(parse_when(None, Some("0 25 * * *"), None).unwrap_err().contains("not a cron expression"));
-        assert!(parse_when(None, Some("0 2 * * *"), Some("Mars/Olympus")).unwrap_err().contains("IANA"));
+        assert!(parse_when(None, Some("0 2 * *"), None)
+            .unwrap_err()
+            .contains("use 5"));
+        assert!(parse_when(None, Some("0 25 * * *"), None)
+            .unwrap_err()
+            .contains("not a cron expression"));
+        assert!(parse_when(None, Some("0 2 * * *"), Some("Mars/Olympus"))
+            .unwrap_err()
+            .contains("IANA"));
         assert!(parse_when(Some("1d"), Some("0 2 * * *"), None).is_err());
         assert!(parse_when(None, None, None).is_err());
-        assert!(parse_when(Some("500ms"), None, None).unwrap_err().contains("shorter"));
+        assert!(parse_when(Some("500ms"), None, None)
+            .unwrap_err()
+            .contains("shorter"));
         assert!(parse_when(Some("1d"), None, Some("UTC")).is_err());
     }
 
@@ -630,12 +706,23 @@ mod tests {
         let now = t("2026-01-01T00:00:00Z");
         let max = Duration::from_secs(300);
         assert_eq!(requeue_after(now, None, None, max), max);
-        assert_eq!(requeue_after(now, Some(t("2026-01-02T00:00:00Z")), None, max), max);
         assert_eq!(
-            requeue_after(now, Some(t("2026-01-01T00:00:10Z")), Some(t("2026-01-01T00:00:04Z")), max),
+            requeue_after(now, Some(t("2026-01-02T00:00:00Z")), None, max),
+            max
+        );
+        assert_eq!(
+            requeue_after(
+                now,
+                Some(t("2026-01-01T00:00:10Z")),
+                Some(t("2026-01-01T00:00:04Z")),
+                max
+            ),
             Duration::from_millis(4250)
         );
-        assert_eq!(requeue_after(now, Some(t("2025-01-01T00:00:00Z")), None, max), Duration::from_secs(1));
+        assert_eq!(
+            requeue_after(now, Some(t("2025-01-01T00:00:00Z")), None, max),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
@@ -680,33 +767,102 @@ mod tests {
     #[test]
     fn suffix_mode_keeps_previous_then_drops_it() {
         let cur = map(serde_json::json!({"password": "old", "user": "app"}));
-        let r = rotated_data(&cur, &nv("password", "new"), KeepPrevious::Suffix, "valid_tokens", true);
-        assert_eq!(Value::Object(r.clone()), serde_json::json!({"password": "new", "password_previous": "old", "user": "app"}));
-        let g = grace_ended_data(&r, &["password".into()], KeepPrevious::Suffix, "valid_tokens").unwrap();
-        assert_eq!(Value::Object(g.clone()), serde_json::json!({"password": "new", "user": "app"}));
-        assert!(grace_ended_data(&g, &["password".into()], KeepPrevious::Suffix, "valid_tokens").is_none());
+        let r = rotated_data(
+            &cur,
+            &nv("password", "new"),
+            KeepPrevious::Suffix,
+            "valid_tokens",
+            true,
+        );
+        assert_eq!(
+            Value::Object(r.clone()),
+            serde_json::json!({"password": "new", "password_previous": "old", "user": "app"})
+        );
+        let g = grace_ended_data(
+            &r,
+            &["password".into()],
+            KeepPrevious::Suffix,
+            "valid_tokens",
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(g.clone()),
+            serde_json::json!({"password": "new", "user": "app"})
+        );
+        assert!(grace_ended_data(
+            &g,
+            &["password".into()],
+            KeepPrevious::Suffix,
+            "valid_tokens"
+        )
+        .is_none());
         // Without a grace period nothing stays behind, not even a stale `_previous`.
-        let r = rotated_data(&r, &nv("password", "newer"), KeepPrevious::Suffix, "x", false);
-        assert_eq!(Value::Object(r), serde_json::json!({"password": "newer", "user": "app"}));
+        let r = rotated_data(
+            &r,
+            &nv("password", "newer"),
+            KeepPrevious::Suffix,
+            "x",
+            false,
+        );
+        assert_eq!(
+            Value::Object(r),
+            serde_json::json!({"password": "newer", "user": "app"})
+        );
     }
 
     #[test]
     fn valid_tokens_mode_lists_current_and_previous() {
-        let first = rotated_data(&Map::new(), &nv("server_token", "t1"), KeepPrevious::ValidTokens, "valid_tokens", true);
-        assert_eq!(Value::Object(first.clone()), serde_json::json!({"server_token": "t1", "valid_tokens": ["t1"]}));
-        let second = rotated_data(&first, &nv("server_token", "t2"), KeepPrevious::ValidTokens, "valid_tokens", true);
+        let first = rotated_data(
+            &Map::new(),
+            &nv("server_token", "t1"),
+            KeepPrevious::ValidTokens,
+            "valid_tokens",
+            true,
+        );
+        assert_eq!(
+            Value::Object(first.clone()),
+            serde_json::json!({"server_token": "t1", "valid_tokens": ["t1"]})
+        );
+        let second = rotated_data(
+            &first,
+            &nv("server_token", "t2"),
+            KeepPrevious::ValidTokens,
+            "valid_tokens",
+            true,
+        );
         assert_eq!(second["valid_tokens"], serde_json::json!(["t2", "t1"]));
-        let ended = grace_ended_data(&second, &["server_token".into()], KeepPrevious::ValidTokens, "valid_tokens").unwrap();
+        let ended = grace_ended_data(
+            &second,
+            &["server_token".into()],
+            KeepPrevious::ValidTokens,
+            "valid_tokens",
+        )
+        .unwrap();
         assert_eq!(ended["valid_tokens"], serde_json::json!(["t2"]));
         assert_eq!(ended["server_token"], "t2");
-        assert!(grace_ended_data(&ended, &["server_token".into()], KeepPrevious::ValidTokens, "valid_tokens").is_none());
+        assert!(grace_ended_data(
+            &ended,
+            &["server_token".into()],
+            KeepPrevious::ValidTokens,
+            "valid_tokens"
+        )
+        .is_none());
     }
 
     #[test]
     fn key_checks() {
-        let k = |key: &str| GeneratedKey { key: key.into(), password: None, vault_password_policy: None, random_bytes: None, token: Some(certus_api::TokenGenerator { length: 20 }) };
+        let k = |key: &str| GeneratedKey {
+            key: key.into(),
+            password: None,
+            vault_password_policy: None,
+            random_bytes: None,
+            token: Some(certus_api::TokenGenerator { length: 20 }),
+        };
         assert!(check_keys(&[k("a")], KeepPrevious::Suffix, "valid_tokens").is_ok());
-        assert!(check_keys(&[k("a"), k("a")], KeepPrevious::Suffix, "v").unwrap_err().to_string().contains("twice"));
+        assert!(check_keys(&[k("a"), k("a")], KeepPrevious::Suffix, "v")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         assert!(check_keys(&[k("a"), k("b")], KeepPrevious::ValidTokens, "v").is_err());
         assert!(check_keys(&[k("v")], KeepPrevious::ValidTokens, "v").is_err());
         assert!(check_keys(&[k("a"), k("a_previous")], KeepPrevious::Suffix, "v").is_err());
@@ -732,15 +888,40 @@ mod tests {
         let mut hand = m.clone();
         hand.current_version = 4;
         hand.current_created = Some(t("2026-02-01T00:00:00Z"));
-        assert_eq!(hand.last_change(), Some(t("2026-02-01T00:00:00Z")), "a version written by hand counts");
-        let custom = custom_after_rotation(&m.custom, 5, t("2026-03-01T00:00:00Z"), Some("now-1"), "ns/p");
+        assert_eq!(
+            hand.last_change(),
+            Some(t("2026-02-01T00:00:00Z")),
+            "a version written by hand counts"
+        );
+        let custom = custom_after_rotation(
+            &m.custom,
+            5,
+            t("2026-03-01T00:00:00Z"),
+            Some("now-1"),
+            "ns/p",
+        );
         assert_eq!(custom["owner"], "team", "foreign custom metadata is kept");
         assert!(!custom.contains_key(meta::CLEANUP_VERSION));
-        let rotated = KvMetadata { current_version: 5, current_created: Some(t("2026-03-01T00:00:00.3Z")), current_deleted: false, custom };
-        assert_eq!(rotated.grace_ends(Duration::from_secs(3600)), Some(t("2026-03-01T01:00:00Z")));
+        let rotated = KvMetadata {
+            current_version: 5,
+            current_created: Some(t("2026-03-01T00:00:00.3Z")),
+            current_deleted: false,
+            custom,
+        };
+        assert_eq!(
+            rotated.grace_ends(Duration::from_secs(3600)),
+            Some(t("2026-03-01T01:00:00Z"))
+        );
+        assert_eq!(
+            rotated.last_change(),
+            Some(t("2026-03-01T00:00:00Z")),
+            "our rotation counts from our clock"
+        );
         assert_eq!(rotated.grace_ends(Duration::ZERO), None);
         assert_eq!(rotated.handled_rotate_now(), Some("now-1"));
-        let gone = KvMetadata::from_json(&serde_json::json!({"current_version": 1, "versions": {"1": {"created_time": "2026-01-01T00:00:00Z", "deletion_time": "2026-01-02T00:00:00Z", "destroyed": false}}}));
+        let gone = KvMetadata::from_json(
+            &serde_json::json!({"current_version": 1, "versions": {"1": {"created_time": "2026-01-01T00:00:00Z", "deletion_time": "2026-01-02T00:00:00Z", "destroyed": false}}}),
+        );
         assert!(!gone.exists());
         assert_eq!(gone.last_change(), None);
         assert_eq!(KvMetadata::from_json(&Value::Null).current_version, 0);

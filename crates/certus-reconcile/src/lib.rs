@@ -15,7 +15,9 @@ pub mod error;
 pub mod order;
 pub mod policy;
 pub mod role;
+pub mod rotation;
 pub mod sink;
+pub mod static_secret;
 
 pub use connection::{connection_check, resolve_connection, ConnectionCheck, Resolver};
 pub use config::{ConfigOutcome, LastApplied, RoleIdOutput};
