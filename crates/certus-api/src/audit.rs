@@ -21,6 +21,7 @@ use crate::common::Condition;
 /// Vault activity; cluster scope keeps rule authoring with the platform/security team,
 /// which RBAC grants with one ClusterRole.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[allow(clippy::duplicated_attributes)]
 #[kube(
     group = "vault.certus.io",
     version = "v1alpha1",

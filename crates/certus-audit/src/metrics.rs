@@ -264,7 +264,7 @@ impl AuditMetrics {
 
     /// Metrics that are not registered anywhere (tests, benchmarks).
     pub fn unregistered(opts: MetricsOptions) -> Self {
-        AuditMetrics {
+        let m = AuditMetrics {
             lines: Family::default(),
             malformed: Family::default(),
             requests: Family::default(),
@@ -280,7 +280,25 @@ impl AuditMetrics {
             last_entry: Gauge::default(),
             identities: Mutex::new(Budget::new(&opts.identity_allow_list, opts.identity_budget)),
             mounts: Mutex::new(Budget::new(&[], opts.mount_budget)),
+        };
+        // Zero-valued series for every bounded label value, so `increase()` sees the
+        // first event and dashboards show 0 instead of "no data".
+        for source in ["file", "socket"] {
+            let _ = m.lines.get_or_create(&SourceLabels { source });
+            let _ = m.malformed.get_or_create(&SourceLabels { source });
         }
+        for sink in ["event", "webhook"] {
+            let _ = m.dropped.get_or_create(&SinkLabels { sink });
+        }
+        for result in ["delivered", "failed"] {
+            let _ = m.webhook.get_or_create(&ResultLabels { result });
+        }
+        for event in crate::tail::TailEvent::ALL {
+            let _ = m.source_events.get_or_create(&SourceEventLabels {
+                event: event.as_str(),
+            });
+        }
+        m
     }
 
     pub(crate) fn line(&self, source: &'static str) {

@@ -198,11 +198,8 @@ pub async fn run_file_source(
         if !stopping && (&mut shutdown).now_or_never().is_some() {
             stopping = true;
         }
-        if cp.is_some()
-            && cp != saved
-            && (stopping || last_save.elapsed() >= opts.checkpoint_interval)
-        {
-            let cp = cp.expect("checked");
+        let due = stopping || last_save.elapsed() >= opts.checkpoint_interval;
+        if let Some(cp) = cp.filter(|cp| due && saved.as_ref() != Some(cp)) {
             match store.save(&cp).await {
                 Ok(()) => {
                     saved = Some(cp);

@@ -275,12 +275,12 @@ impl CompiledRule {
 
     /// Whether the entry is a hit at time `at` (everything but the threshold).
     pub fn hits(&self, e: &AuditEntry<'_>, at: DateTime<Utc>) -> bool {
-        let kind_ok = match (self.entry_type, e.kind()) {
-            (AuditEntryType::Any, _) => true,
-            (AuditEntryType::Response, EntryKind::Response) => true,
-            (AuditEntryType::Request, EntryKind::Request) => true,
-            _ => false,
-        };
+        let kind_ok = matches!(
+            (self.entry_type, e.kind()),
+            (AuditEntryType::Any, _)
+                | (AuditEntryType::Response, EntryKind::Response)
+                | (AuditEntryType::Request, EntryKind::Request)
+        );
         if !kind_ok {
             return false;
         }

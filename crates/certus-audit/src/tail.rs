@@ -93,6 +93,18 @@ pub enum TailEvent {
 }
 
 impl TailEvent {
+    /// Every event.
+    pub const ALL: [TailEvent; 8] = [
+        TailEvent::Opened,
+        TailEvent::Resumed,
+        TailEvent::ResumedRotated,
+        TailEvent::CheckpointLost,
+        TailEvent::Rotated,
+        TailEvent::Truncated,
+        TailEvent::Replaced,
+        TailEvent::OversizedLine,
+    ];
+
     /// snake_case name (metric label).
     pub fn as_str(self) -> &'static str {
         match self {
