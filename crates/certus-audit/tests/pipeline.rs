@@ -247,7 +247,7 @@ async fn socket_listener_receives_entries_from_several_connections() {
     // Connection 1: a line split across writes, a malformed line, a normal line.
     let mut c1 = TcpStream::connect(addr).await.unwrap();
     let l0 = read_line("secret/data/prod/s0", "svc", "2026-06-01T10:00:00Z");
-    c1.write_all(l0[..30].as_bytes()).await.unwrap();
+    c1.write_all(&l0.as_bytes()[..30]).await.unwrap();
     c1.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(h.events.alerts().is_empty(), "a partial line is not parsed");
