@@ -26,7 +26,10 @@ pub mod error;
 pub mod metrics;
 pub mod options;
 pub mod policy;
+pub mod projection;
 pub mod resolve;
+pub mod rotation;
+pub mod static_secret;
 pub mod status;
 pub mod testing;
 pub mod watch;
@@ -98,6 +101,8 @@ pub fn crd_names() -> Vec<String> {
         VaultConnection::crd_name().to_string(),
         ClusterVaultConnection::crd_name().to_string(),
         VaultPolicy::crd_name().to_string(),
+        certus_api::StaticSecret::crd_name().to_string(),
+        certus_api::RotationPolicy::crd_name().to_string(),
     ]
 }
 
@@ -214,6 +219,70 @@ pub async fn run(
         .concurrency(opts.concurrency)
         .debounce(opts.debounce);
 
+    // StaticSecret (owns its Secret; re-triggered when a RotationPolicy rotates the KV
+    // path it reads) and RotationPolicy controllers.
+    let (ss_store, ss_stream) = watch::reflected::<certus_api::StaticSecret>(
+        static_secret::KIND,
+        &client,
+        scopes.clone(),
+        wc.clone(),
+        metrics.clone(),
+    );
+    let ss_stream =
+        ss_stream.predicate_filter(static_secret::predicate, PredicateConfig::default());
+    let (_, owned_secrets) = watch::reflected::<k8s_openapi::api::core::v1::Secret>(
+        "Secret",
+        &client,
+        scopes.clone(),
+        wc.clone()
+            .labels("app.kubernetes.io/managed-by=certus-vault-operator"),
+        metrics.clone(),
+    );
+    let (rot_store, rot_stream) = watch::reflected::<certus_api::RotationPolicy>(
+        rotation::KIND,
+        &client,
+        scopes.clone(),
+        wc.clone(),
+        metrics.clone(),
+    );
+    let rot_stream = rot_stream.predicate_filter(rotation::predicate, PredicateConfig::default());
+    let (_, rot_trigger) = watch::reflected::<certus_api::RotationPolicy>(
+        rotation::KIND,
+        &client,
+        scopes.clone(),
+        wc.clone(),
+        metrics.clone(),
+    );
+    let rot_trigger = rot_trigger.predicate_filter(
+        static_secret::rotation_trigger_predicate,
+        PredicateConfig::default(),
+    );
+    let by_rotation = ss_store.clone();
+    let static_secrets = Controller::for_stream(ss_stream, ss_store)
+        .with_config(config.clone())
+        .owns_stream(owned_secrets)
+        .watches_stream(rot_trigger, move |p: certus_api::RotationPolicy| {
+            static_secret::consumers_of(&by_rotation, &p)
+        })
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            static_secret::reconcile,
+            static_secret::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| async move { log_result(static_secret::KIND, r) });
+    let rotations = Controller::for_stream(rot_stream, rot_store.clone())
+        .with_config(config.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(rotation::reconcile, rotation::error_policy, ctx.clone())
+        .for_each(|r| async move { log_result(rotation::KIND, r) });
+    let prune_rotation_metrics = rotation::prune_loop(
+        rot_store,
+        metrics.rotation.clone(),
+        std::time::Duration::from_secs(60),
+        shutdown.clone(),
+    );
+
     let by_vc = policy_store.clone();
     let by_cvc = policy_store.clone();
     let policies = Controller::for_stream(policy_stream, policy_store)
@@ -260,7 +329,14 @@ pub async fn run(
         resync = ?opts.resync_interval,
         "controllers started"
     );
-    tokio::join!(policies, connections, cluster_connections);
+    tokio::join!(
+        policies,
+        connections,
+        cluster_connections,
+        static_secrets,
+        rotations,
+        prune_rotation_metrics
+    );
     metrics.set_ready(false);
     info!("controllers stopped; revoking the Vault tokens obtained by login");
     ctx.sessions.revoke_all().await;

@@ -26,6 +26,8 @@ pub struct Metrics {
     decode_errors: Family<KindLabel, Counter>,
     duration: Family<KindLabel, Histogram, fn() -> Histogram>,
     ready: AtomicBool,
+    /// `certus_rotation_*` gauges of the RotationPolicy controller.
+    pub rotation: crate::rotation::RotationMetrics,
 }
 
 impl Default for Metrics {
@@ -36,6 +38,7 @@ impl Default for Metrics {
             decode_errors: Family::default(),
             duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             ready: AtomicBool::new(false),
+            rotation: Default::default(),
         }
     }
 }
@@ -59,6 +62,7 @@ impl Drop for ReconcileTimer<'_> {
 impl Metrics {
     /// Registers every metric under the `certus_controller` prefix.
     pub fn register(&self, registry: &mut Registry) {
+        self.rotation.register(registry);
         let r = registry.sub_registry_with_prefix("certus_controller");
         r.register(
             "reconciles",
