@@ -9,6 +9,7 @@ pub mod auth_method;
 pub mod common;
 pub mod config_status;
 pub mod connection;
+pub mod dynamic;
 pub mod engine;
 pub mod policy;
 pub mod projection;
@@ -21,6 +22,7 @@ pub use auth_method::*;
 pub use common::*;
 pub use config_status::*;
 pub use connection::*;
+pub use dynamic::*;
 pub use engine::*;
 pub use policy::*;
 pub use projection::*;
@@ -55,6 +57,7 @@ pub fn all_crds(
         AuthMethod::crd(),
         VaultRole::crd(),
         AuditAlertRule::crd(),
+        DynamicCredential::crd(),
         StaticSecret::crd(),
         RotationPolicy::crd(),
     ]

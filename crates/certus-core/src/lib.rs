@@ -8,6 +8,7 @@ pub mod auth_method;
 pub mod change;
 pub mod engine;
 pub mod hash;
+pub mod lease;
 pub mod mount;
 pub mod object;
 pub mod policy;

@@ -10,6 +10,7 @@
 pub mod auth_method;
 pub mod config;
 pub mod connection;
+pub mod dynamic;
 pub mod engine;
 pub mod error;
 pub mod order;

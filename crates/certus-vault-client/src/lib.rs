@@ -19,6 +19,7 @@ mod stats;
 pub use error::{ErrorClass, VaultError};
 pub use secret::SecretString;
 pub use session::{
-    ConnectionConfig, Credentials, Health, JwtSource, SessionCache, TokenInfo, VaultSession,
+    ConnectionConfig, Credentials, Health, JwtSource, SessionCache, TokenInfo, TokenLifetime,
+    VaultSession,
 };
 pub use stats::{StatsSnapshot, VaultStats};

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -144,9 +145,29 @@ pub struct TokenInfo {
     pub renewable: bool,
 }
 
+/// How long the session's token lives: what a lease issued with it inherits (Vault
+/// revokes a token's leases and child tokens when the token expires or is revoked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenLifetime {
+    /// The token's accessor (not a secret).
+    pub accessor: String,
+    /// Time left; `None` when the token never expires.
+    pub expires_in: Option<Duration>,
+    /// Whether the session keeps extending this very token (renewable and not yet capped
+    /// by its maximum TTL). When false, the token dies at `expires_in` and the session
+    /// will log in again (a new token) or fail.
+    pub extendable: bool,
+}
+
 #[derive(Clone)]
 struct TokenState {
     token: SecretString,
+    /// The token's accessor.
+    accessor: String,
+    /// The TTL the token was created with; a renewal granting less hit the maximum TTL.
+    full_ttl: u64,
+    /// A renewal was capped by the token's maximum TTL: its expiry is final.
+    capped: bool,
     /// When the token must be refreshed (renewed or re-obtained); `None` = never expires.
     refresh_at: Option<Instant>,
     /// When the token expires.
@@ -164,6 +185,8 @@ pub struct VaultSession {
     token: RwLock<Option<TokenState>>,
     login_lock: Mutex<()>,
     stats: Arc<VaultStats>,
+    /// Set once the token issued leases: revoking it would revoke them too.
+    keep_token: AtomicBool,
 }
 
 impl std::fmt::Debug for VaultSession {
@@ -270,6 +293,7 @@ impl VaultSession {
             token: RwLock::new(None),
             login_lock: Mutex::new(()),
             stats,
+            keep_token: AtomicBool::new(false),
         }))
     }
 
@@ -374,6 +398,9 @@ impl VaultSession {
                 let renewable = info.renewable.unwrap_or(false);
                 Ok(TokenState {
                     token: token.clone(),
+                    accessor: info.accessor.clone(),
+                    full_ttl: info.creation_ttl.max(info.ttl),
+                    capped: false,
                     refresh_at: (info.ttl > 0).then(|| refresh_point(ttl)),
                     expires_at: (info.ttl > 0).then(|| Instant::now() + ttl),
                     renewable,
@@ -424,6 +451,9 @@ impl VaultSession {
             refresh_at: (auth.lease_duration > 0).then(|| refresh_point(ttl)),
             expires_at: (auth.lease_duration > 0).then(|| Instant::now() + ttl),
             renewable: auth.renewable,
+            accessor: auth.accessor,
+            full_ttl: auth.lease_duration,
+            capped: false,
             token,
             client,
         })
@@ -444,7 +474,13 @@ impl VaultSession {
             token: state.token.clone(),
             refresh_at: (auth.lease_duration > 0).then(|| refresh_point(ttl)),
             expires_at: (auth.lease_duration > 0).then(|| Instant::now() + ttl),
-            renewable: auth.renewable && auth.lease_duration > 5,
+            // A short grant is the end only when it was capped (a token whose normal TTL
+            // is a few seconds keeps being renewed).
+            renewable: auth.renewable
+                && (auth.lease_duration > 5 || auth.lease_duration >= state.full_ttl),
+            accessor: state.accessor.clone(),
+            full_ttl: state.full_ttl,
+            capped: state.capped || auth.lease_duration < state.full_ttl,
             client: state.client.clone(),
         })
     }
@@ -697,10 +733,34 @@ impl VaultSession {
             .map(|t| t.saturating_duration_since(Instant::now())))
     }
 
+    /// The lifetime of the session's token (logging in first if needed). Leases issued
+    /// now die with this token unless it is extended.
+    pub async fn token_lifetime(&self) -> Result<TokenLifetime, VaultError> {
+        let state = self.current().await?;
+        let now = Instant::now();
+        Ok(TokenLifetime {
+            accessor: state.accessor.clone(),
+            expires_in: state.expires_at.map(|t| t.saturating_duration_since(now)),
+            extendable: state.renewable && !state.capped,
+        })
+    }
+
+    /// Whether the session holds a token (has logged in).
+    pub async fn has_token(&self) -> bool {
+        self.token.read().await.is_some()
+    }
+
+    /// Marks the token as parent of leases or child tokens: [`revoke`](Self::revoke) then
+    /// leaves it alone, because revoking it would revoke every credential it issued.
+    pub fn retain_token(&self) {
+        self.keep_token.store(true, Ordering::Relaxed);
+    }
+
     /// Revokes the session's token if it was obtained by login (a token given by the user
-    /// is left alone). Called on shutdown.
+    /// is left alone, and so is a token that issued leases, see
+    /// [`retain_token`](Self::retain_token)). Called on shutdown.
     pub async fn revoke(&self) -> Result<(), VaultError> {
-        if !self.credentials.can_relogin() {
+        if !self.credentials.can_relogin() || self.keep_token.load(Ordering::Relaxed) {
             return Ok(());
         }
         let state = self.token.write().await.take();
@@ -765,6 +825,36 @@ impl SessionCache {
     /// Every session currently cached.
     pub async fn sessions(&self) -> Vec<Arc<VaultSession>> {
         self.sessions.lock().await.values().cloned().collect()
+    }
+
+    /// Keeps every logged-in session's token alive until `shutdown` resolves: renews (or
+    /// re-obtains) each token when due, so an idle operator never lets the token that
+    /// issued its leases expire. Sessions that never logged in are left alone (no login
+    /// is made on their behalf). Failures are logged and retried at the next tick.
+    pub async fn run_renewal(&self, shutdown: impl Future<Output = ()>) {
+        const MAX_SLEEP: Duration = Duration::from_secs(30);
+        const RETRY: Duration = Duration::from_secs(5);
+        tokio::pin!(shutdown);
+        loop {
+            let mut sleep = MAX_SLEEP;
+            for s in self.sessions().await {
+                if !s.has_token().await {
+                    continue;
+                }
+                match s.refresh_if_due().await {
+                    Ok(Some(next)) => sleep = sleep.min(next.max(Duration::from_millis(200))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, address = %s.config.address, "keeping the Vault token alive failed; retrying");
+                        sleep = sleep.min(RETRY);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
     }
 
     /// Revokes every token obtained by login (shutdown).
