@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub mod crds;
 pub mod manifests;
 pub mod offline;
+pub mod rotation;
 
 /// Declarative HashiCorp Vault / OpenBao for Kubernetes.
 #[derive(Parser, Debug)]

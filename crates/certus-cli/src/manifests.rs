@@ -38,6 +38,8 @@ pub struct ManifestSet {
     pub connections: Vec<Item<VaultConnection>>,
     pub cluster_connections: Vec<Item<ClusterVaultConnection>>,
     pub policies: Vec<Item<VaultPolicy>>,
+    pub static_secrets: Vec<Item<certus_api::StaticSecret>>,
+    pub rotation_policies: Vec<Item<certus_api::RotationPolicy>>,
     /// Secret data by (namespace, name), values decoded.
     pub secrets: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
     /// Documents of kinds this tool does not reconcile (reported, not an error).
@@ -188,6 +190,12 @@ impl ManifestSet {
                 custom!(cluster_connections, ClusterVaultConnection, false)
             }
             (certus_api::API_VERSION, "VaultPolicy") => custom!(policies, VaultPolicy, true),
+            (certus_api::API_VERSION, "StaticSecret") => {
+                custom!(static_secrets, certus_api::StaticSecret, true)
+            }
+            (certus_api::API_VERSION, "RotationPolicy") => {
+                custom!(rotation_policies, certus_api::RotationPolicy, true)
+            }
             ("v1", "Secret") => {
                 default_namespace(&mut value);
                 match typed::<Secret>(value) {
