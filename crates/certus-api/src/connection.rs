@@ -9,6 +9,8 @@ use crate::common::{Condition, SecretKeyRef};
 
 /// Where Vault is and how the operator logs in to it. Every resource that names this
 /// connection shares one login (one token per identity, cached and renewed).
+// kube's `printcolumn(type_ = ..)` repeats attribute keys by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "vault.certus.io",
@@ -173,6 +175,8 @@ pub struct VaultConnectionStatus {
 }
 
 /// A cluster-wide connection that resources in `allowedNamespaces` may use.
+// kube's `printcolumn(type_ = ..)` repeats attribute keys by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "vault.certus.io",

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Condition, ConnectionRef, DeletionPolicy, DriftPolicy};
 
 /// A Vault ACL policy. Exactly one of `rules` (HCL) or `paths` (structured) is set.
+// kube's `printcolumn(type_ = ..)` repeats attribute keys by design.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "vault.certus.io",

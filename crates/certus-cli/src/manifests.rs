@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use certus_api::{ClusterVaultConnection, VaultConnection, VaultPolicy};
+use certus_api::{
+    AuthMethod, ClusterVaultConnection, SecretEngine, VaultConnection, VaultPolicy, VaultRole,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::CustomResourceExt;
 use serde::de::DeserializeOwned;
@@ -40,6 +42,10 @@ pub struct ManifestSet {
     pub policies: Vec<Item<VaultPolicy>>,
     pub static_secrets: Vec<Item<certus_api::StaticSecret>>,
     pub rotation_policies: Vec<Item<certus_api::RotationPolicy>>,
+    pub engines: Vec<Item<SecretEngine>>,
+    pub auth_methods: Vec<Item<AuthMethod>>,
+    pub roles: Vec<Item<VaultRole>>,
+    pub dynamic_credentials: Vec<Item<certus_api::DynamicCredential>>,
     /// Secret data by (namespace, name), values decoded.
     pub secrets: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
     /// Documents of kinds this tool does not reconcile (reported, not an error).
@@ -63,6 +69,13 @@ pub fn manifest_files(path: &Path, recursive: bool) -> anyhow::Result<Vec<PathBu
             std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
         {
             let p = entry?.path();
+            // Hidden files and directories (editor leftovers, .certus state) are not manifests.
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
             if p.is_dir() {
                 if recursive {
                     stack.push(p);
@@ -195,6 +208,12 @@ impl ManifestSet {
             }
             (certus_api::API_VERSION, "RotationPolicy") => {
                 custom!(rotation_policies, certus_api::RotationPolicy, true)
+            }
+            (certus_api::API_VERSION, "SecretEngine") => custom!(engines, SecretEngine, true),
+            (certus_api::API_VERSION, "AuthMethod") => custom!(auth_methods, AuthMethod, true),
+            (certus_api::API_VERSION, "VaultRole") => custom!(roles, VaultRole, true),
+            (certus_api::API_VERSION, "DynamicCredential") => {
+                custom!(dynamic_credentials, certus_api::DynamicCredential, true)
             }
             ("v1", "Secret") => {
                 default_namespace(&mut value);

@@ -12,7 +12,8 @@ use anyhow::Context;
 use certus_api::{ConnectionKind, ConnectionRef, VaultConnectionSpec};
 use certus_core::{Action, Change, ResourceId};
 use certus_reconcile::{
-    connection_check, policy, resolve_connection, Mode, ReconcileError, Resolver,
+    apply_all_concurrent, connection_check, policy, resolve_connection, LastApplied, Mode, Outcome,
+    ReconcileError, Resolver, Resource,
 };
 use certus_vault_client::{
     ConnectionConfig, Credentials, JwtSource, SecretString, SessionCache, VaultSession,
@@ -32,6 +33,24 @@ pub struct Args {
     /// Print diffs for every change (default: only for updates).
     #[arg(long)]
     pub show_diffs: bool,
+    /// Where `apply` writes projected Secrets as manifests (`<dir>/<namespace>/<name>.yaml`);
+    /// `plan` compares against them.
+    #[arg(short = 'o', long = "output-dir")]
+    pub output_dir: Option<PathBuf>,
+    /// Resources reconciled at once (Vault round trips bound a large apply, not CPU).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Where `apply` remembers hashes of what it applied (never values), so later runs
+    /// tell drift from spec changes and notice a changed Secret behind a write-only field.
+    #[arg(long, default_value = ".certus/state.json", env = "CERTUS_STATE")]
+    pub state: PathBuf,
+    /// `apply` only: keep renewing DynamicCredentials in the foreground until SIGINT or
+    /// SIGTERM (a small agent for machines outside Kubernetes).
+    #[arg(long)]
+    pub watch: bool,
+    /// With `--watch`: revoke the DynamicCredentials and delete their Secret files on exit.
+    #[arg(long, requires = "watch")]
+    pub revoke_on_exit: bool,
 }
 
 /// Resolves secret references from the `Secret` manifests of the directory.
@@ -188,12 +207,7 @@ impl Connections {
     }
 }
 
-/// What happened to one resource.
-struct Line {
-    change: Option<Change>,
-    error: Option<(ResourceId, ReconcileError)>,
-}
-
+/// Counts of what a run did or would do.
 #[derive(Default)]
 struct Summary {
     create: usize,
@@ -201,6 +215,21 @@ struct Summary {
     delete: usize,
     unchanged: usize,
     errors: usize,
+}
+
+impl Summary {
+    fn count(&mut self, c: &Change) {
+        match c.action {
+            Action::Create => self.create += 1,
+            Action::Update => self.update += 1,
+            Action::Delete => self.delete += 1,
+            Action::Invalid | Action::Conflict | Action::Blocked => self.errors += 1,
+            Action::NoChange => self.unchanged += 1,
+        }
+    }
+    fn changes(&self) -> usize {
+        self.create + self.update + self.delete
+    }
 }
 
 fn print_change(c: &Change, show_diffs: bool) {
@@ -211,11 +240,90 @@ fn print_change(c: &Change, show_diffs: bool) {
     println!("{c}");
 }
 
+fn print_error(id: &ResourceId, e: &ReconcileError, summary: &mut Summary) {
+    let sym = if matches!(e, ReconcileError::Conflict(_)) {
+        "!"
+    } else {
+        "x"
+    };
+    println!("{sym} {id} ({}): {e}", e.reason());
+    summary.errors += 1;
+}
+
+/// What the CLI remembers between runs (the operator keeps the same facts in status):
+/// per Vault address and resource, the hash of what was last applied and the hashes of
+/// secret-bearing requests. Hashes only, never values.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct StateFile {
+    #[serde(default)]
+    resources: BTreeMap<String, StateEntry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone)]
+struct StateEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    applied_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    secret_hashes: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vault_path: Option<String>,
+}
+
+fn state_key(address: &str, id: &ResourceId) -> String {
+    format!("{address} {id}")
+}
+
+impl StateFile {
+    fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a certus state file; delete it to start afresh",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+    fn get(&self, address: &str, id: &ResourceId) -> LastApplied {
+        self.resources
+            .get(&state_key(address, id))
+            .map(|e| LastApplied {
+                applied_hash: e.applied_hash.clone(),
+                secret_hashes: e.secret_hashes.clone(),
+                vault_path: e.vault_path.clone(),
+            })
+            .unwrap_or_default()
+    }
+    fn set(&mut self, address: &str, id: &ResourceId, l: LastApplied) {
+        self.resources.insert(
+            state_key(address, id),
+            StateEntry {
+                applied_hash: l.applied_hash,
+                secret_hashes: l.secret_hashes,
+                vault_path: l.vault_path,
+            },
+        );
+    }
+}
+
 async fn run(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
     let set = ManifestSet::load(&args.path, args.recursive)?;
     let env = env_connection()?;
     let mut conns = Connections::new(&set, env);
     let mut summary = Summary::default();
+    let mut state = StateFile::load(&args.state)?;
 
     for (origin, msg) in &set.errors {
         println!("x {origin}: {msg}");
@@ -262,67 +370,197 @@ async fn run(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
         }
     }
 
-    // VaultPolicies: the first claimant (in manifest order) of a Vault policy name owns it.
+    // Vault configuration kinds, grouped by the connection they reconcile through.
+    let mut resources: Vec<(ResourceId, Option<ConnectionRef>, String, Resource)> = vec![];
+    for i in &set.policies {
+        let ns = i.object.metadata.namespace.clone().unwrap_or_default();
+        resources.push((
+            policy::resource_id(&i.object),
+            i.object.spec.connection_ref.clone(),
+            ns,
+            Resource::Policy(Box::new(i.object.clone())),
+        ));
+    }
+    for i in &set.engines {
+        let ns = i.object.metadata.namespace.clone().unwrap_or_default();
+        resources.push((
+            certus_reconcile::engine::resource_id(&i.object),
+            i.object.spec.connection_ref.clone(),
+            ns,
+            Resource::Engine(Box::new(i.object.clone())),
+        ));
+    }
+    for i in &set.auth_methods {
+        let ns = i.object.metadata.namespace.clone().unwrap_or_default();
+        resources.push((
+            certus_reconcile::auth_method::resource_id(&i.object),
+            i.object.spec.connection_ref.clone(),
+            ns,
+            Resource::Auth(Box::new(i.object.clone())),
+        ));
+    }
+    for i in &set.roles {
+        let ns = i.object.metadata.namespace.clone().unwrap_or_default();
+        resources.push((
+            certus_reconcile::role::resource_id(&i.object),
+            i.object.spec.connection_ref.clone(),
+            ns,
+            Resource::Role(Box::new(i.object.clone())),
+        ));
+    }
+
+    // The first claimant (in manifest order) of a Vault policy name owns it.
     let mut claims: HashMap<(String, String), ResourceId> = HashMap::new();
-    let mut lines: Vec<Line> = vec![];
-    for item in &set.policies {
-        let p = &item.object;
-        let id = policy::resource_id(p);
-        let ns = p.metadata.namespace.clone().unwrap_or_default();
-        let outcome = async {
+    let mut groups: Vec<(String, Arc<VaultSession>, Vec<Resource>)> = vec![];
+    let mut early_errors: Vec<(ResourceId, ReconcileError)> = vec![];
+    for (id, cref, ns, res) in resources {
+        if let Resource::Policy(p) = &res {
             // Validate before any Vault request.
-            policy::desired(p)?;
-            let (session, conn_key) = conns.session(&ns, p.spec.connection_ref.as_ref()).await?;
-            let owner = claims.entry((conn_key, p.vault_name())).or_insert_with(|| id.clone()).clone();
-            if let Some(other) = policy::claimed_by_other(&id, [&owner]) {
-                return Err(ReconcileError::Conflict(format!("Vault policy {:?} is also claimed by {other}, which comes first; nothing was written", p.vault_name())));
+            if let Err(e) = policy::desired(p) {
+                early_errors.push((id, e));
+                continue;
             }
-            policy::reconcile(&session, p, None, mode).await
         }
-        .await;
-        lines.push(match outcome {
-            Ok(o) => Line {
-                change: Some(o.change),
-                error: None,
-            },
-            Err(e) => Line {
-                change: None,
-                error: Some((id, e)),
-            },
-        });
+        let (session, conn_key) = match conns.session(&ns, cref.as_ref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                early_errors.push((id, e));
+                continue;
+            }
+        };
+        if let Resource::Policy(p) = &res {
+            let owner = claims
+                .entry((conn_key.clone(), p.vault_name()))
+                .or_insert_with(|| id.clone())
+                .clone();
+            if let Some(other) = policy::claimed_by_other(&id, [&owner]) {
+                early_errors.push((id, ReconcileError::Conflict(format!("Vault policy {:?} is also claimed by {other}, which comes first; nothing was written", p.vault_name()))));
+                continue;
+            }
+        }
+        match groups.iter_mut().find(|(k, _, _)| *k == conn_key) {
+            Some((_, _, list)) => list.push(res),
+            None => groups.push((conn_key, session, vec![res])),
+        }
     }
 
     for note in &conns.notes {
         println!("note: {note}");
     }
-    for line in &lines {
-        if let Some(c) = &line.change {
-            print_change(c, args.show_diffs);
-            match c.action {
-                Action::Create => summary.create += 1,
-                Action::Update => summary.update += 1,
-                Action::Delete => summary.delete += 1,
-                _ => summary.unchanged += 1,
+    for (id, e) in &early_errors {
+        print_error(id, e, &mut summary);
+    }
+    for (_, session, list) in &groups {
+        let address = session.config().address.clone();
+        let last: BTreeMap<ResourceId, LastApplied> = list
+            .iter()
+            .map(|r| (r.id(), state.get(&address, &r.id())))
+            .collect();
+        let results = apply_all_concurrent(
+            session,
+            list,
+            &conns.resolver,
+            &last,
+            mode,
+            args.concurrency,
+        )
+        .await;
+        for a in results {
+            match a.result {
+                Ok(outcome) => {
+                    for c in outcome.changes() {
+                        print_change(&c, args.show_diffs);
+                        summary.count(&c);
+                    }
+                    if let Outcome::Config(c) = &outcome {
+                        if let Some(r) = &c.role_id {
+                            println!("  role id of {} belongs in Secret {:?} (key role_id); without a cluster it is not published", a.id, r.secret_name);
+                        }
+                    }
+                    if mode == Mode::Apply {
+                        state.set(&address, &a.id, outcome.last_applied());
+                    }
+                }
+                Err(e) => print_error(&a.id, &e, &mut summary),
             }
-        }
-        if let Some((id, e)) = &line.error {
-            let sym = if matches!(e, ReconcileError::Conflict(_)) {
-                "!"
-            } else {
-                "x"
-            };
-            println!("{sym} {id} ({}): {e}", e.reason());
-            summary.errors += 1;
         }
     }
 
+    // -- Projected kinds (DynamicCredential, StaticSecret, RotationPolicy) run below. --
+
+    // DynamicCredentials (dynamic.rs): issue once, or resume the lease from the output file.
+    let mut dyn_items = vec![];
+    for i in &set.dynamic_credentials {
+        let ns = i.object.metadata.namespace.clone().unwrap_or_default();
+        let session = conns
+            .session(&ns, i.object.spec.connection_ref.as_ref())
+            .await
+            .map(|(s, _)| s);
+        dyn_items.push((i.object.clone(), session));
+    }
+    let dynamic = crate::dynamic::DynamicSet::new(dyn_items, args.output_dir.as_deref());
+    for line in dynamic.once(mode).await {
+        match line {
+            Ok(c) => {
+                print_change(&c, true);
+                summary.count(&c);
+            }
+            Err((id, e)) => print_error(&id, &e, &mut summary),
+        }
+    }
+
+    // StaticSecrets and RotationPolicies (rotation.rs): their Secrets go to the same
+    // directory as the DynamicCredentials'; their state lives in Vault and in those files.
+    let secret_dir = crate::rotation::SecretDir::new(Some(dynamic.dir()));
+    let mut projected = vec![];
+    for i in &set.static_secrets {
+        let ns = i.object.metadata.namespace.clone().unwrap_or_default();
+        let done = match conns
+            .session(&ns, i.object.spec.connection_ref.as_ref())
+            .await
+        {
+            Ok((s, _)) => crate::rotation::static_secret(&s, &i.object, &secret_dir, mode).await,
+            Err(e) => Err(e),
+        };
+        projected.push((
+            certus_reconcile::static_secret::resource_id(&i.object),
+            done,
+        ));
+    }
+    for i in &set.rotation_policies {
+        let ns = i.object.metadata.namespace.clone().unwrap_or_default();
+        let done = match conns
+            .session(&ns, i.object.spec.connection_ref.as_ref())
+            .await
+        {
+            Ok((s, _)) => crate::rotation::rotation_policy(&s, &i.object, &secret_dir, mode).await,
+            Err(e) => Err(e),
+        };
+        projected.push((certus_reconcile::rotation::resource_id(&i.object), done));
+    }
+    for (id, done) in projected {
+        match done {
+            Ok(d) => {
+                print_change(&d.change, args.show_diffs);
+                summary.count(&d.change);
+                for n in d.notes {
+                    println!("    note: {n}");
+                }
+            }
+            Err(e) => print_error(&id, &e, &mut summary),
+        }
+    }
+
+    if mode == Mode::Apply {
+        state.save(&args.state)?;
+    }
     let stats = conns.cache.stats().snapshot();
     let verb = if mode == Mode::Plan {
         "Plan"
     } else {
         "Applied"
     };
-    let changes = summary.create + summary.update + summary.delete;
+    let changes = summary.changes();
     if changes == 0 && summary.errors == 0 {
         println!("{verb}: no changes ({} unchanged).", summary.unchanged);
     } else {
@@ -335,6 +573,15 @@ async fn run(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
         "Vault requests: {} reads, {} writes, {} logins.",
         stats.reads, stats.writes, stats.logins
     );
+
+    if args.watch && mode == Mode::Apply && !dynamic.is_empty() {
+        return dynamic
+            .watch(args.revoke_on_exit, |line| match line {
+                Ok(c) => print_change(c, true),
+                Err((id, e)) => println!("x {id} ({}): {e}", e.reason()),
+            })
+            .await;
+    }
 
     Ok(match (mode, summary.errors, changes) {
         (_, e, _) if e > 0 => ExitCode::from(1),

@@ -20,10 +20,10 @@ pub mod rotation;
 pub mod sink;
 pub mod static_secret;
 
-pub use connection::{connection_check, resolve_connection, ConnectionCheck, Resolver};
 pub use config::{ConfigOutcome, LastApplied, RoleIdOutput};
+pub use connection::{connection_check, resolve_connection, ConnectionCheck, Resolver};
 pub use error::ReconcileError;
-pub use order::{apply_all, Applied, Outcome, Resource};
+pub use order::{apply_all, apply_all_concurrent, Applied, Outcome, Resource};
 
 /// Whether a pipeline may write to Vault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -155,21 +155,43 @@ pub async fn apply_all<R: Resolver>(
     state: &BTreeMap<ResourceId, LastApplied>,
     mode: Mode,
 ) -> Vec<Applied> {
+    apply_all_concurrent(vault, resources, resolver, state, mode, 1).await
+}
+
+/// [`apply_all`] with up to `concurrency` resources of a round in flight at once (the
+/// CLI uses this: Vault round trips, not CPU, bound a large apply).
+pub async fn apply_all_concurrent<R: Resolver>(
+    vault: &VaultSession,
+    resources: &[Resource],
+    resolver: &R,
+    state: &BTreeMap<ResourceId, LastApplied>,
+    mode: Mode,
+    concurrency: usize,
+) -> Vec<Applied> {
+    use futures::StreamExt;
     let names = policy_names(resources);
     let mut results: Vec<Option<Applied>> = (0..resources.len()).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..resources.len()).collect();
     let mut round = 0;
     while !pending.is_empty() {
         round += 1;
+        let names = &names;
+        let done: Vec<(usize, ResourceId, Result<Outcome, ReconcileError>)> =
+            futures::stream::iter(pending.iter().copied())
+                .map(|i| async move {
+                    let res = &resources[i];
+                    let id = res.id();
+                    let last = state.get(&id).cloned().unwrap_or_default();
+                    let result = reconcile_one(vault, res, resolver, names, &last, mode).await;
+                    (i, id, result)
+                })
+                .buffered(concurrency.max(1))
+                .collect()
+                .await;
         let mut waiting = vec![];
         let mut settled = 0;
-        for &i in &pending {
-            let res = &resources[i];
-            let id = res.id();
-            let last = state.get(&id).cloned().unwrap_or_default();
-            let result = reconcile_one(vault, res, resolver, &names, &last, mode).await;
-            let waits = matches!(result, Err(ReconcileError::Dependency(_)));
-            if waits {
+        for (i, id, result) in done {
+            if matches!(result, Err(ReconcileError::Dependency(_))) {
                 waiting.push(i);
             } else {
                 settled += 1;

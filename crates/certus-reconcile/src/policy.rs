@@ -88,11 +88,12 @@ pub async fn reconcile(
                 change.detail.clone().unwrap_or_default(),
             ))
         }
-        Action::Create | Action::Update if mode == Mode::Apply => {
-            if !(change.drift && p.spec.drift_policy == DriftPolicy::Report) {
-                vault.policy_write(&desired.name, &desired.text).await?;
-                written = true;
-            }
+        Action::Create | Action::Update
+            if mode == Mode::Apply
+                && !(change.drift && p.spec.drift_policy == DriftPolicy::Report) =>
+        {
+            vault.policy_write(&desired.name, &desired.text).await?;
+            written = true;
         }
         _ => {}
     }
