@@ -435,6 +435,59 @@ mod tests {
     }
 
     #[test]
+    fn every_field_is_documented_for_kubectl_explain() {
+        fn walk(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+            if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
+                for (k, p) in props {
+                    if p.get("description")
+                        .and_then(|d| d.as_str())
+                        .is_none_or(str::is_empty)
+                    {
+                        out.push(format!("{path}.{k}"));
+                    }
+                    walk(p, &format!("{path}.{k}"), out);
+                    if let Some(items) = p.get("items") {
+                        walk(items, &format!("{path}.{k}[]"), out);
+                    }
+                }
+            }
+        }
+        let crd = serde_json::to_value(AuditAlertRule::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        let mut missing = vec![];
+        walk(&schema["spec"], "spec", &mut missing);
+        walk(&schema["status"], "status", &mut missing);
+        missing.retain(|m| !m.starts_with("status.conditions[]"));
+        assert!(missing.is_empty(), "undocumented: {missing:#?}");
+    }
+
+    #[test]
+    fn cel_rules_reject_bad_windows_and_empty_selectors() {
+        let parse = |spec: serde_json::Value| -> AuditAlertRule {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "vault.certus.io/v1alpha1", "kind": "AuditAlertRule",
+                "metadata": {"name": "x"}, "spec": spec
+            }))
+            .unwrap()
+        };
+        let same = parse(serde_json::json!({"timeWindow": {"start": "06:00", "end": "06:00"}}));
+        let err = kube::core::cel::validate_cel(&same)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must differ"), "{err}");
+        let empty = parse(serde_json::json!({"unexpectedIdentity": {"allowed": [{}]}}));
+        let err = kube::core::cel::validate_cel(&empty)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least one of displayName"), "{err}");
+        let ok = parse(serde_json::json!({
+            "match": {"paths": ["auth/*/login/**"], "identities": [{"policy": "admin"}]},
+            "timeWindow": {"start": "22:00", "end": "06:00", "timeZone": "Europe/Berlin"}
+        }));
+        kube::core::cel::validate_cel(&ok).unwrap();
+    }
+
+    #[test]
     fn sample_shape_deserializes_with_defaults() {
         let r: AuditAlertRule = serde_json::from_value(serde_json::json!({
             "apiVersion": "vault.certus.io/v1alpha1",
