@@ -177,7 +177,7 @@ async fn restart_after_rotation_while_down_reads_the_rest_of_the_old_file_first(
 }
 
 #[tokio::test]
-async fn live_rotation_and_truncation_and_malformed_lines() {
+async fn malformed_lines_are_skipped_and_live_rotation_is_followed() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
     let store: Arc<dyn CheckpointStore> =
