@@ -281,6 +281,12 @@ pub fn failure_status(
     if let Some(rec) = err.record(now) {
         s.record(rec);
     }
+    if !err.rotating {
+        if let Some(v) = &err.rotate_now {
+            // The rotation happened; a later step failed.
+            s.handled_rotate_now = Some(v.clone());
+        }
+    }
     s
 }
 

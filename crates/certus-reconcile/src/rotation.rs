@@ -69,7 +69,8 @@ pub struct RotationError {
     pub rotating: bool,
     /// Another writer changed the KV secret first (check-and-set).
     pub conflict: bool,
-    /// The rotate-now value this attempt was for.
+    /// The rotate-now value this attempt was for. When `rotating` is false it was
+    /// handled (the rotation happened, a later step failed): record it as handled.
     pub rotate_now: Option<String>,
 }
 
@@ -397,10 +398,13 @@ async fn kv<S: SecretStore, R: Restarter, G: Rng + Send>(
         .and_then(|m| m.get("data").cloned());
     let m = meta.as_ref().map(KvMetadata::from_json).unwrap_or_default();
     let last_change = m.last_change();
-    let handled = last
-        .handled_rotate_now
-        .clone()
-        .or_else(|| m.handled_rotate_now().map(str::to_string));
+    // The rotate-now value is handled when the status or the KV metadata (a rotation by
+    // `certus-vault apply`, or another replica) says so.
+    let kv_handled = m.handled_rotate_now().map(str::to_string);
+    let handled = match &ctx.rotate_now {
+        Some(v) if kv_handled.as_deref() == Some(v.as_str()) => Some(v.clone()),
+        _ => last.handled_rotate_now.clone().or(kv_handled),
+    };
     let decision = core::decide(
         when,
         last_change,
@@ -537,10 +541,20 @@ async fn kv<S: SecretStore, R: Restarter, G: Rng + Send>(
             // Nothing previous is kept (first value, or no grace): no grace period to end.
             custom.insert(kvmeta::CLEANUP_VERSION.into(), version.to_string());
         }
+        // The new value is in force from here on: later failures are reported (and
+        // retried) without claiming the rotation failed.
+        let after = |e: ReconcileError| RotationError {
+            error: ReconcileError::Dependency(format!(
+                "rotated {source} to version {version}, but then: {e}"
+            )),
+            rotating: false,
+            conflict: false,
+            rotate_now: rn.map(str::to_string),
+        };
         ctx.vault
             .write(&meta_path, &json!({"custom_metadata": custom}))
             .await
-            .map_err(|e| fail(e.into()))?;
+            .map_err(|e| after(e.into()))?;
         res.current_version = Some(version);
         res.last_change = Some(ctx.now);
         res.next_rotation = when.next_after(ctx.now);
@@ -560,8 +574,8 @@ async fn kv<S: SecretStore, R: Restarter, G: Rng + Send>(
         });
         project_kv(ctx, &Value::Object(data), version)
             .await
-            .map_err(fail)?;
-        res.restarted = ctx.restart().await.map_err(fail)?;
+            .map_err(after)?;
+        res.restarted = ctx.restart().await.map_err(after)?;
         return Ok(res);
     }
 

@@ -334,12 +334,16 @@ async fn concurrent_rotations_exactly_one_wins_by_check_and_set() {
         kv["data"]["secret_access_key_previous"].is_string(),
         "the previous key stays for the grace period"
     );
-    // The rotate-now value is remembered in KV metadata too: running again does nothing.
+    // The rotate-now value is remembered in KV metadata too: running again does nothing,
+    // even for a policy whose status remembers an older value.
     let before = stats(&v);
     let again = reconcile(
         &v,
         &rotate_now(policy("aws-b", spec.clone()), "race"),
-        &RotationLast::default(),
+        &RotationLast {
+            handled_rotate_now: Some("older".into()),
+            ..Default::default()
+        },
         store.as_ref(),
         &RecordingRestarter::default(),
         &clock,
