@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$ROOT"
 
 "$ROOT/hack/services-up.sh" >&2
+# kubectl (kustomize) and helm for the packaging tests (crates/certus-cli/tests/packaging.rs).
+"$ROOT/hack/install-kubectl.sh" >&2
 # shellcheck disable=SC1090,SC1091
 . "$STATE/env"
 
