@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod crds;
+pub mod dynamic;
 pub mod manifests;
 pub mod offline;
 pub mod rotation;
