@@ -207,6 +207,10 @@ impl Connections {
     }
 }
 
+/// A configuration resource before its connection is resolved: id, connection
+/// reference, namespace, resource.
+type Pending = (ResourceId, Option<ConnectionRef>, String, Resource);
+
 /// Counts of what a run did or would do.
 #[derive(Default)]
 struct Summary {
@@ -371,7 +375,8 @@ async fn run(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
     }
 
     // Vault configuration kinds, grouped by the connection they reconcile through.
-    let mut resources: Vec<(ResourceId, Option<ConnectionRef>, String, Resource)> = vec![];
+    // (id, connection reference, namespace, resource)
+    let mut resources: Vec<Pending> = vec![];
     for i in &set.policies {
         let ns = i.object.metadata.namespace.clone().unwrap_or_default();
         resources.push((
