@@ -401,7 +401,9 @@ pub async fn reconcile(obj: Arc<RotationPolicy>, ctx: Arc<Context>) -> Result<Ac
         Err(err) => {
             let new = failure_status(&old, p, &err, now);
             apply_status(&api, &name, &new).await?;
-            if err.rotating {
+            // Due and not done: a failed rotation, or any failure once the next rotation
+            // time has passed (e.g. Vault unreachable).
+            if err.rotating || new.next_rotation.is_some_and(|t| t <= now) {
                 rotation.set(&ns, &name, true, new.last_rotated, new.next_rotation);
             }
             let changed = ready_changed(&old.conditions, &new.conditions);
