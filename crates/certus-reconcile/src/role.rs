@@ -24,7 +24,7 @@ pub fn resource_id(r: &VaultRole) -> ResourceId {
 /// VaultPolicy is a [`ReconcileError::Dependency`].
 pub fn desired(
     r: &VaultRole,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    lookup: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<core::DesiredRole, ReconcileError> {
     let kind = core::kind_of(&r.spec).map_err(|e| ReconcileError::Invalid(e.to_string()))?;
     let (ns, _) = ns_name(&r.metadata.namespace, &r.metadata.name);
@@ -56,7 +56,7 @@ pub fn desired(
 pub async fn reconcile(
     vault: &VaultSession,
     r: &VaultRole,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    lookup: &(dyn Fn(&str) -> Option<String> + Sync),
     last: &LastApplied,
     mode: Mode,
 ) -> Result<ConfigOutcome, ReconcileError> {
