@@ -22,6 +22,7 @@ pub mod backoff;
 pub mod connection;
 pub mod context;
 pub mod crds;
+pub mod dynamic;
 pub mod error;
 pub mod metrics;
 pub mod options;
@@ -103,6 +104,7 @@ pub fn crd_names() -> Vec<String> {
         VaultPolicy::crd_name().to_string(),
         certus_api::StaticSecret::crd_name().to_string(),
         certus_api::RotationPolicy::crd_name().to_string(),
+        certus_api::DynamicCredential::crd_name().to_string(),
     ]
 }
 
@@ -282,6 +284,15 @@ pub async fn run(
         std::time::Duration::from_secs(60),
         shutdown.clone(),
     );
+    // DynamicCredential (owns its Secret through a metadata watch that sees deletions).
+    let dynamic_credentials = dynamic::controller(
+        &client,
+        scopes.clone(),
+        wc.clone(),
+        ctx.clone(),
+        config.clone(),
+        shutdown.clone(),
+    );
 
     let by_vc = policy_store.clone();
     let by_cvc = policy_store.clone();
@@ -335,7 +346,8 @@ pub async fn run(
         cluster_connections,
         static_secrets,
         rotations,
-        prune_rotation_metrics
+        prune_rotation_metrics,
+        dynamic_credentials
     );
     metrics.set_ready(false);
     info!("controllers stopped; revoking the Vault tokens obtained by login");

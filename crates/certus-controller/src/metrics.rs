@@ -28,6 +28,8 @@ pub struct Metrics {
     ready: AtomicBool,
     /// `certus_rotation_*` gauges of the RotationPolicy controller.
     pub rotation: crate::rotation::RotationMetrics,
+    /// `certus_dynamic_credential_*` metrics of the DynamicCredential controller.
+    pub dynamic: crate::dynamic::DynamicMetrics,
 }
 
 impl Default for Metrics {
@@ -39,6 +41,7 @@ impl Default for Metrics {
             duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             ready: AtomicBool::new(false),
             rotation: Default::default(),
+            dynamic: Default::default(),
         }
     }
 }
@@ -63,6 +66,7 @@ impl Metrics {
     /// Registers every metric under the `certus_controller` prefix.
     pub fn register(&self, registry: &mut Registry) {
         self.rotation.register(registry);
+        self.dynamic.register(registry);
         let r = registry.sub_registry_with_prefix("certus_controller");
         r.register(
             "reconciles",

@@ -1322,6 +1322,11 @@ pub async fn cleanup<S: SecretStore>(
     revoke_everything(vault, obj, store, memory).await
 }
 
+/// Forgets what the process remembers about a resource (deletion without revocation).
+pub fn forget(obj: &DynamicCredential, memory: &LeaseMemory) {
+    memory.forget(&validate_identity(obj));
+}
+
 /// Names only (cleanup must work even when the spec became invalid).
 fn validate_identity(obj: &DynamicCredential) -> Valid {
     validate(obj).unwrap_or_else(|_| {
