@@ -934,8 +934,14 @@ async fn session_renewal_task_keeps_an_idle_token_alive_and_reports_when_it_is_c
     // After the first background renewal (about 6s), the token with a 12s maximum was
     // granted less than its TTL: its expiry is final, and leases must not outlive it.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let capped = c.token_lifetime().await.expect("the capped token is still valid");
-    assert!(!capped.extendable, "capped token reported as not extendable: {capped:?}");
+    let capped = c
+        .token_lifetime()
+        .await
+        .expect("the capped token is still valid");
+    assert!(
+        !capped.extendable,
+        "capped token reported as not extendable: {capped:?}"
+    );
     assert!(capped.expires_in.unwrap() <= Duration::from_secs(5));
     // Idle for longer than the TTL: the task keeps the other token alive.
     tokio::time::sleep(Duration::from_secs(5)).await;
