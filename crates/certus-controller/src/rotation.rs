@@ -434,7 +434,7 @@ pub fn error_policy(obj: Arc<RotationPolicy>, err: &Error, ctx: Arc<Context>) ->
 }
 
 /// Which RotationPolicy updates trigger a reconcile: spec, deletion and the rotate-now
-/// annotation; not the operator's own status writes.
+/// and reconcile-at annotations; not the operator's own status writes.
 pub fn predicate(p: &RotationPolicy) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -442,6 +442,7 @@ pub fn predicate(p: &RotationPolicy) -> Option<u64> {
         p.metadata.generation,
         p.metadata.deletion_timestamp.is_some(),
         p.annotations().get(certus_api::annotations::ROTATE_NOW),
+        p.annotations().get(crate::static_secret::RECONCILE_AT),
     )
         .hash(&mut h);
     Some(h.finish())

@@ -213,14 +213,18 @@ pub fn consumers_of(
         .collect()
 }
 
-/// Which StaticSecret updates trigger a reconcile: spec changes and deletion, not the
-/// operator's own status writes.
+/// `vault.certus.io/reconcile-at`: a new value forces a reconcile (e.g. a refresh now).
+pub const RECONCILE_AT: &str = "vault.certus.io/reconcile-at";
+
+/// Which StaticSecret updates trigger a reconcile: spec changes, deletion and the
+/// reconcile-at annotation; not the operator's own status writes.
 pub fn predicate(s: &StaticSecret) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (
         s.metadata.generation,
         s.metadata.deletion_timestamp.is_some(),
+        s.annotations().get(RECONCILE_AT),
     )
         .hash(&mut h);
     Some(h.finish())
