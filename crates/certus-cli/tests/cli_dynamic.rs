@@ -231,3 +231,30 @@ fn apply_watch_renews_in_the_foreground_and_revokes_on_exit() {
     assert!(!log.contains(&token), "the token is never printed");
     v.req("DELETE", &format!("sys/policies/acl/{policy}"), None);
 }
+
+#[test]
+fn dynamic_samples_load_and_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/samples/dynamic");
+    let set = certus_cli::manifests::ManifestSet::load(&dir, false).unwrap();
+    assert!(set.errors.is_empty(), "{:?}", set.errors);
+    assert!(set.ignored.is_empty(), "{:?}", set.ignored);
+    let mut paths: Vec<String> = set
+        .dynamic_credentials
+        .iter()
+        .map(|i| {
+            let v = certus_reconcile::dynamic::validate(&i.object)
+                .unwrap_or_else(|e| panic!("{}: {e}", i.origin));
+            format!("{} {} {}", v.path, v.method.as_str(), v.secret_type)
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "auth/token/create POST Opaque",
+            "database/creds/certus-ask GET Opaque",
+            "pki/issue/certus-mtls POST kubernetes.io/tls",
+        ]
+    );
+    assert_eq!((set.engines.len(), set.roles.len()), (1, 1));
+}
