@@ -623,6 +623,50 @@ pub async fn revoke(vault: &VaultSession, l: &LeaseRef) -> Result<(), VaultError
     }
 }
 
+/// Finds the credential `status.leaseIdHash` names among what Vault lists for the path
+/// (leases under `sys/leases/lookup/<path>/`, token accessors, PKI serials). Best effort:
+/// listing needs extra capabilities (`list` + `sudo` on `sys/leases/lookup/*`,
+/// `auth/token/accessors`); without them, or when nothing matches, `None` (the old
+/// credential is then no longer renewed and expires on its own).
+pub async fn find_by_status_hash(
+    vault: &VaultSession,
+    obj: &DynamicCredential,
+    v: &Valid,
+) -> Option<LeaseRef> {
+    let st = obj.status.as_ref()?;
+    let hash = st.lease_id_hash.as_deref()?;
+    let matches = |s: &str| short_hash(s.as_bytes()) == hash;
+    match st.lease_kind? {
+        LeaseKind::Lease => vault
+            .list(&format!("sys/leases/lookup/{}/", v.path))
+            .await
+            .ok()?
+            .into_iter()
+            .map(|k| format!("{}/{k}", v.path))
+            .find(|id| matches(id))
+            .map(|id| LeaseRef::Lease { id }),
+        LeaseKind::Token => vault
+            .list("auth/token/accessors")
+            .await
+            .ok()?
+            .into_iter()
+            .find(|a| matches(a))
+            .map(|accessor| LeaseRef::Token { accessor }),
+        LeaseKind::Certificate => {
+            let mount = lease::pki_mount(&v.path);
+            vault
+                .list(&format!("{mount}/certs"))
+                .await
+                .ok()?
+                .into_iter()
+                .map(|k| k.replace('-', ":"))
+                .find(|serial| matches(serial))
+                .map(|serial| LeaseRef::Certificate { mount, serial })
+        }
+        LeaseKind::None => None,
+    }
+}
+
 /// Everything a step needs.
 struct Run<'a, S, R> {
     vault: &'a VaultSession,
@@ -981,8 +1025,27 @@ pub async fn reconcile<S: SecretStore, R: Restarter>(
 ) -> Result<DynamicOutcome, ReconcileError> {
     let v = validate(obj)?;
     let live = store.get(&v.namespace, &v.secret_name).await?;
-    let (persisted, source) = load_state(live.as_ref(), memory, &v);
+    let (mut persisted, source) = load_state(live.as_ref(), memory, &v);
     let token = current_token(vault, now).await?;
+    let mut events = vec![];
+    if source == StateSource::None {
+        // The Secret (with the lease state) is gone and this process never saw it: find
+        // the previous credential by the hash status recorded, so it is not orphaned.
+        if let Some(old) = find_by_status_hash(vault, obj, &v).await {
+            events.push(DynEvent::normal(
+                "PreviousCredentialFound",
+                format!(
+                    "the Secret and its lease state were lost; found the previous {} {} by its hash in status: revoked after the grace period",
+                    old.kind(),
+                    old.id_hash().unwrap_or_default()
+                ),
+            ));
+            persisted.superseded.push(Superseded {
+                lease: old,
+                revoke_at: now + chrono::Duration::from_std(v.grace).unwrap_or_default(),
+            });
+        }
+    }
     let out = DynamicOutcome {
         taken: Taken::Unchanged,
         secret_name: v.secret_name.clone(),
@@ -990,7 +1053,7 @@ pub async fn reconcile<S: SecretStore, R: Restarter>(
         schedule: Schedule::default(),
         pending_revocations: 0,
         requeue_after: None,
-        events: vec![],
+        events,
         issued: 0,
         renewed: 0,
         revoked: 0,
@@ -1296,6 +1359,12 @@ pub async fn revoke_everything<S: SecretStore>(
     };
     let mut leases: Vec<LeaseRef> = p.superseded.iter().map(|s| s.lease.clone()).collect();
     leases.extend(p.current.iter().map(|c| c.lease.clone()));
+    if source == StateSource::None {
+        if let Some(l) = find_by_status_hash(vault, obj, &v).await {
+            out.found_state = true;
+            leases.push(l);
+        }
+    }
     for l in leases {
         revoke(vault, &l).await?;
         if l != LeaseRef::None {

@@ -1047,3 +1047,57 @@ async fn a_login_token_that_issued_leases_is_not_revoked_on_shutdown() {
     let _ = raw.0.delete(&format!("sys/auth/{approle}")).await;
     let _ = raw.0.delete(&format!("sys/policies/acl/{policy}")).await;
 }
+
+#[tokio::test]
+async fn a_secret_deleted_while_the_operator_was_down_is_reissued_and_the_old_lease_found_by_its_status_hash(
+) {
+    let v = session().await;
+    let raw = Raw::new().await;
+    let p = prefix();
+    let mount = db_mount(&raw, &p, "5m", "1h").await;
+    let prefix_path = format!("{mount}/creds/app");
+    let mut obj = dc("lost-db", json!({"path": prefix_path, "gracePeriod": "5s"}));
+    let store = MemorySecretStore::new();
+    let t0 = Utc::now();
+    let first = run(&v, &obj, &store, &LeaseMemory::new(), t0).await;
+    let mut status = DynamicCredentialStatus::default();
+    first.record(&mut status, Some(1), t0);
+    obj.status = Some(status);
+    let old_user = value(&store, "lost-db", "username");
+
+    // The operator is down; someone deletes the Secret; a new operator starts.
+    store.delete(NS, "lost-db").await.unwrap();
+    let memory = LeaseMemory::new();
+    let out = run(&v, &obj, &store, &memory, t0 + secs(2)).await;
+    assert_eq!(out.taken, Taken::Issued(IssueReason::Initial));
+    assert_eq!(out.source, dynamic::StateSource::None);
+    assert!(
+        out.events
+            .iter()
+            .any(|e| e.reason == "PreviousCredentialFound"),
+        "{:?}",
+        out.events
+    );
+    assert_eq!(out.pending_revocations, 1);
+    assert_eq!(leases(&raw, &prefix_path).await.len(), 2);
+    let after = run(&v, &obj, &store, &memory, t0 + secs(8)).await;
+    assert_eq!(after.revoked, 1);
+    assert_eq!(
+        leases(&raw, &prefix_path).await.len(),
+        1,
+        "the old lease is not orphaned"
+    );
+    assert!(!pg_role_exists(&old_user).await);
+
+    // Deleted while its Secret is gone and nothing is remembered: found by hash again.
+    let mut status = DynamicCredentialStatus::default();
+    after.record(&mut status, Some(1), t0 + secs(8));
+    obj.status = Some(status);
+    store.delete(NS, "lost-db").await.unwrap();
+    let c = dynamic::cleanup(&v, &obj, &store, &LeaseMemory::new())
+        .await
+        .unwrap();
+    assert_eq!((c.revoked, c.found_state), (1, true));
+    assert!(leases(&raw, &prefix_path).await.is_empty());
+    raw.unmount(&mount).await;
+}
