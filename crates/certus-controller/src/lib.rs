@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod config;
 pub mod connection;
 pub mod context;
 pub mod crds;
@@ -29,6 +30,7 @@ pub mod options;
 pub mod policy;
 pub mod projection;
 pub mod resolve;
+pub mod role;
 pub mod rotation;
 pub mod static_secret;
 pub mod status;
@@ -104,6 +106,9 @@ pub fn crd_names() -> Vec<String> {
         VaultPolicy::crd_name().to_string(),
         certus_api::StaticSecret::crd_name().to_string(),
         certus_api::RotationPolicy::crd_name().to_string(),
+        certus_api::SecretEngine::crd_name().to_string(),
+        certus_api::AuthMethod::crd_name().to_string(),
+        certus_api::VaultRole::crd_name().to_string(),
         certus_api::DynamicCredential::crd_name().to_string(),
     ]
 }
@@ -294,6 +299,17 @@ pub async fn run(
         shutdown.clone(),
     );
 
+    // SecretEngine, AuthMethod and VaultRole (re-triggered by their connections, the
+    // Secrets they read, and for roles the mounts and VaultPolicies they depend on).
+    let vault_config = config::controllers(
+        &client,
+        scopes.clone(),
+        wc.clone(),
+        ctx.clone(),
+        config.clone(),
+        shutdown.clone(),
+    );
+
     let by_vc = policy_store.clone();
     let by_cvc = policy_store.clone();
     let policies = Controller::for_stream(policy_stream, policy_store)
@@ -347,6 +363,7 @@ pub async fn run(
         static_secrets,
         rotations,
         prune_rotation_metrics,
+        vault_config,
         dynamic_credentials
     );
     metrics.set_ready(false);
