@@ -18,6 +18,7 @@
 //! [`SessionCache`]: certus_vault_client::SessionCache
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod backoff;
 pub mod config;
 pub mod connection;
@@ -110,6 +111,7 @@ pub fn crd_names() -> Vec<String> {
         certus_api::AuthMethod::crd_name().to_string(),
         certus_api::VaultRole::crd_name().to_string(),
         certus_api::DynamicCredential::crd_name().to_string(),
+        certus_api::AuditAlertRule::crd_name().to_string(),
     ]
 }
 
@@ -309,6 +311,15 @@ pub async fn run(
         config.clone(),
         shutdown.clone(),
     );
+    // AuditAlertRule (always) and, with an audit source configured, the audit stream:
+    // only the leader runs `run`, so only the leader reads the audit file or socket.
+    let audit = audit::run(
+        client.clone(),
+        ctx.clone(),
+        &opts,
+        config.clone(),
+        shutdown.clone(),
+    )?;
 
     let by_vc = policy_store.clone();
     let by_cvc = policy_store.clone();
@@ -364,7 +375,8 @@ pub async fn run(
         rotations,
         prune_rotation_metrics,
         vault_config,
-        dynamic_credentials
+        dynamic_credentials,
+        audit
     );
     metrics.set_ready(false);
     info!("controllers stopped; revoking the Vault tokens obtained by login");

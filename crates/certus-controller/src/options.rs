@@ -40,6 +40,10 @@ pub struct RunOptions {
     /// Counters and histograms; register them on a `prometheus_client` registry with
     /// [`Metrics::register`] to serve `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Where Vault's audit stream is read (file and/or socket audit device) and the
+    /// checkpoint ConfigMap. Without a source, `AuditAlertRule`s are validated but not
+    /// evaluated. See [`crate::audit`].
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for RunOptions {
@@ -57,6 +61,7 @@ impl Default for RunOptions {
             debounce: Duration::from_millis(500),
             instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
             metrics: Arc::new(Metrics::default()),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }
