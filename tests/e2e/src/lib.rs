@@ -403,6 +403,12 @@ impl E2e {
         self.client.clone()
     }
 
+    /// The client configuration of the cluster (API server URL, CA certificates), e.g.
+    /// to configure a Vault Kubernetes auth method for this cluster.
+    pub fn kube_config(&self) -> &Config {
+        &self.config
+    }
+
     /// The Vault the operator reconciles into, for direct checks.
     pub fn vault(&self) -> &Vault {
         &self.vault
