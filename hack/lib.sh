@@ -10,7 +10,10 @@ set -euo pipefail
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HACK_DIR/.." && pwd)
-STATE="$ROOT/.hack"
+# CERTUS_STATE_DIR: a second, independent set of services (pid files, logs, audit
+# log, env files, PostgreSQL cluster), e.g. the benchmark's OpenBao on another port
+# that `--fresh` can wipe without disturbing the default one. The venv stays shared.
+STATE="${CERTUS_STATE_DIR:-$ROOT/.hack}"
 
 # ---- settings (override through the environment) -----------------------------
 CERTUS_OPENBAO_VERSION=${CERTUS_OPENBAO_VERSION:-2.7.2}
@@ -23,7 +26,7 @@ CERTUS_PG_DB=${CERTUS_PG_DB:-certus}
 CERTUS_PG_VERSION=${CERTUS_PG_VERSION:-15}
 
 # ---- derived paths -------------------------------------------------------------
-VENV="$STATE/venv"
+VENV="$ROOT/.hack/venv"
 BAO_WRAPPER="$VENV/bin/bao"                  # pip's console script (execs the binary)
 BAO_PID_FILE="$STATE/openbao.pid"
 BAO_LOG="$STATE/openbao.log"

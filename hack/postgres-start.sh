@@ -72,7 +72,7 @@ else
   BASE="$STATE/pg"
   if ! pg_dir_usable "$BASE"; then
     rmdir "$BASE" 2>/dev/null || true
-    hash=$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)
+    hash=$(printf '%s' "$ROOT${CERTUS_STATE_DIR:+|$STATE}" | sha256sum | cut -c1-10)
     BASE="/tmp/certus-pg-$(id -u)-$hash"
     log "$STATE/pg is not usable by OS user $PG_OS_USER; using $BASE"
     pg_dir_usable "$BASE" || die "cannot prepare $BASE for OS user $PG_OS_USER"
