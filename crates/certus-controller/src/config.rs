@@ -15,7 +15,7 @@
 //! shared per-object backoff, so applying a whole set in any order converges; the others
 //! (invalid spec, conflict) wait for a change.
 //!
-//! Triggers (see [`controllers`]):
+//! Triggers (wired by `controllers`, called from [`crate::run`]):
 //! - each controller watches its own kind (spec, finalizers, deletion and the
 //!   `vault.certus.io/reconcile-at` annotation; not status);
 //! - all three are re-triggered when the `VaultConnection`/`ClusterVaultConnection` they
@@ -36,8 +36,10 @@
 //! time is handled by what status recorded: nothing in `status.vaultPath` means nothing
 //! of this resource was ever in sync in Vault (every pipeline validates before writing),
 //! so the finalizer is released without a Vault request; a recorded path is removed
-//! (SecretEngine/AuthMethod: by the pipeline, which needs no valid spec for it;
-//! VaultRole: the recorded role path, because the pipeline cannot compute it).
+//! (SecretEngine/AuthMethod: by the pipeline, which works from `spec.path`; for an
+//! invalid SecretEngine it skips its mount-type check, for an AuthMethod it still
+//! compares `spec.type`; VaultRole: the role at the recorded path, because the pipeline
+//! cannot compute it).
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -280,7 +282,7 @@ pub async fn reconcile<K: ConfigKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
     .map_err(Error::from_finalizer)
 }
 
-/// Requeue policy after a failed reconcile (see [`error_action`]): backoff for retryable
+/// Requeue policy after a failed reconcile (see [`crate::backoff::error_requeue`]): backoff for retryable
 /// errors (dependencies, Vault unavailable), a long wait for a change otherwise.
 pub fn error_policy<K: ConfigKind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(K::KIND, err.category());
