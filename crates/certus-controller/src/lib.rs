@@ -7,6 +7,11 @@
 //! - the `VaultPolicy` controller ([`policy`]): ACL policies with a finalizer, claim
 //!   conflicts, drift detection every `resync_interval`, re-triggered when the connection
 //!   it uses changes or becomes ready.
+//! - the `SecretEngine`, `AuthMethod` and `VaultRole` controllers ([`config`], [`role`]):
+//!   mounts, auth methods and roles with a finalizer honouring `deletionPolicy`,
+//!   dependencies waited for with backoff, drift detection every `resync_interval`;
+//!   re-triggered by the Secrets they read and, for roles, by the mounts and
+//!   VaultPolicies they need becoming ready.
 //!
 //! Every watch goes through a deserialize guard ([`watch`]): an object that cannot be
 //! decoded is logged and skipped instead of stalling its controller.
