@@ -184,9 +184,14 @@ rules are used by the ClusterRole (all namespaces) and by the per-namespace Role
   resourceNames: [{{ include "certus.leaseName" . | quote }}]
   verbs: ["get", "update", "patch"]
 {{- end }}
-# Audit reader checkpoints (how far the Vault audit log was read), so a restarted or new
-# leader resumes instead of re-alerting on old lines.
+# Audit reader checkpoint: create its ConfigMap once (create cannot be limited by name) ...
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "update", "patch"]
+  verbs: ["create"]
+# ... then read and update only it (how far the Vault audit log was read), so a restarted
+# or new leader resumes instead of re-alerting on old lines.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  resourceNames: [{{ .Values.audit.checkpointConfigMap | quote }}]
+  verbs: ["get", "update", "patch"]
 {{- end }}
