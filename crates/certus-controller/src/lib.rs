@@ -12,6 +12,9 @@
 //!   dependencies waited for with backoff, drift detection every `resync_interval`;
 //!   re-triggered by the Secrets they read and, for roles, by the mounts and
 //!   VaultPolicies they need becoming ready.
+//! - the `AuditAlertRule` controller and, with `--audit-file`/`--audit-socket`, the Vault
+//!   audit stream ([`audit`]): rules loaded into the audit engine, alerts as Events, and
+//!   the audit sources, read only by the leader since only the leader runs [`run`].
 //!
 //! Every watch goes through a deserialize guard ([`watch`]): an object that cannot be
 //! decoded is logged and skipped instead of stalling its controller.
