@@ -632,14 +632,16 @@ async fn rules_loaded(store: &Store<AuditAlertRule>, rules: &RuleSet, timeout: D
 
 // ---- everything together ----------------------------------------------------------------------
 
-type Shutdown = Shared<BoxFuture<'static, ()>>;
+/// The shutdown signal [`run`] shares between its parts.
+pub type Shutdown = Shared<BoxFuture<'static, ()>>;
 
 /// The audit part of [`crate::run`]: the `AuditAlertRule` controller (always), and with a
-/// configured source the audit runtime, its sources and the status freshness loop. The
-/// returned future ends after `shutdown`: the controller drains, the sources stop (the
-/// file source saves its checkpoint), the counters are written a last time and queued
-/// alert Events are published (at most 10 s).
-pub(crate) fn run(
+/// configured source ([`RunOptions::audit`]) the audit runtime, its sources and the
+/// status freshness loop. The returned future ends after `shutdown`: the controller
+/// drains, the sources stop (the file source saves its checkpoint), the counters are
+/// written a last time and queued alert Events are published (at most 10 s). Only
+/// [`crate::run`] (i.e. the leader) should call it.
+pub fn run(
     client: Client,
     ctx: Arc<Context>,
     opts: &RunOptions,

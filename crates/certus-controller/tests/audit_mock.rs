@@ -606,3 +606,201 @@ async fn the_status_loop_writes_the_counters_of_rules_that_fired() {
     assert_eq!(written, 0);
     assert_eq!(retry, BTreeSet::from(["failed-logins".to_string()]));
 }
+
+// ---- the whole audit part of `run`, with a socket source ------------------------------------
+
+/// What the fake API server saw.
+#[derive(Default)]
+struct Seen {
+    lists: usize,
+    watches: usize,
+    statuses: Vec<Value>,
+    events: Vec<Value>,
+    unexpected: Vec<String>,
+}
+
+/// A fake API server for `audit::run`: lists one rule, holds watches open, records
+/// status applies and Events; anything else is unexpected.
+async fn serve_rules(mut handle: ApiHandle, rule: Value, seen: Arc<std::sync::Mutex<Seen>>) {
+    let mut open_watches = vec![];
+    while let Some((req, respond)) = handle.next_request().await {
+        let (method, path, query) = (
+            req.method().clone(),
+            req.uri().path().to_string(),
+            req.uri().query().unwrap_or("").to_string(),
+        );
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut s = seen.lock().unwrap();
+        let reply = |respond: SendResponse<Response<Body>>, status: u16, body: &Value| {
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(body).unwrap()))
+                    .unwrap(),
+            )
+        };
+        match (method.clone(), path.as_str()) {
+            (Method::GET, RULES) if query.contains("watch=true") => {
+                s.watches += 1;
+                open_watches.push(respond);
+            }
+            (Method::GET, RULES) => {
+                s.lists += 1;
+                let list = json!({"apiVersion": "vault.certus.io/v1alpha1", "kind": "AuditAlertRuleList", "metadata": {"resourceVersion": "10"}, "items": [rule.clone()]});
+                reply(respond, 200, &list);
+            }
+            (Method::PATCH, p) if p == format!("{RULES}/failed-logins/status") => {
+                s.statuses.push(body["status"].clone());
+                let mut out = rule.clone();
+                out["status"] = body["status"].clone();
+                reply(respond, 200, &out);
+            }
+            (Method::POST, EVENTS) => {
+                s.events.push(body.clone());
+                reply(respond, 201, &body);
+            }
+            _ => {
+                s.unexpected.push(format!("{method} {path}?{query}"));
+                reply(
+                    respond,
+                    404,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not served"}),
+                );
+            }
+        }
+    }
+}
+
+async fn wait_for(what: &str, seen: &std::sync::Mutex<Seen>, f: impl Fn(&Seen) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f(&seen.lock().unwrap()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `audit::run` with `--audit-socket`: the rule is listed through the guarded watch and
+/// reconciled (`Ready=True Active`), the socket source starts once the rule is loaded, six
+/// failed logins sent over the socket raise one `AuditAlert` Event on the rule, the status
+/// loop writes `matchesTotal: 1`, `certus_audit_rule_matches_total` counts it on the
+/// registry the caller registered, and shutdown ends the whole thing.
+#[tokio::test]
+async fn audit_run_with_a_socket_source_alerts_through_kubernetes_and_stops_on_shutdown() {
+    use tokio::io::AsyncWriteExt;
+
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut rule = serde_json::to_value(rule(
+        "failed-logins",
+        json!({
+            "severity": "Critical",
+            "match": {"paths": ["auth/*/login/*"], "result": "Error"},
+            "threshold": {"count": 6, "window": "5m", "groupBy": "RemoteAddress"}
+        }),
+    ))
+    .unwrap();
+    rule["apiVersion"] = json!("vault.certus.io/v1alpha1");
+    rule["kind"] = json!("AuditAlertRule");
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    tokio::spawn(serve_rules(handle, rule, seen.clone()));
+
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut opts = RunOptions::default();
+    opts.audit.socket = Some(addr);
+    opts.audit.namespace = Some("certus-system".into());
+    opts.audit.status_debounce = Duration::from_millis(50);
+    let mut registry = prometheus_client::registry::Registry::default();
+    opts.audit.register_metrics(&mut registry);
+    let (policies, _) = reflector::store();
+    let ctx = Arc::new(Context::new(client.clone(), opts.clone(), policies));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown: audit::Shutdown = futures::FutureExt::shared(Box::pin(async move {
+        let _ = stop_rx.await;
+    })
+        as futures::future::BoxFuture<'static, ()>);
+    let fut = audit::run(
+        client,
+        ctx,
+        &opts,
+        kube::runtime::controller::Config::default(),
+        shutdown,
+    )
+    .unwrap();
+    let task = tokio::spawn(fut);
+
+    wait_for("the Active status", &seen, |s| {
+        s.statuses.iter().any(|st| ready(st).1 == "Active")
+    })
+    .await;
+    // The listener comes up once the rule is loaded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "socket source not listening: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for i in 0..6 {
+        conn.write_all((failed_login("10.0.0.9", i) + "\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    conn.flush().await.unwrap();
+    wait_for("the alert Event", &seen, |s| !s.events.is_empty()).await;
+    wait_for("matchesTotal 1 in status", &seen, |s| {
+        s.statuses.iter().any(|st| st["matchesTotal"] == 1)
+    })
+    .await;
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains(
+            "certus_audit_rule_matches_total{rule=\"failed-logins\",severity=\"Critical\"} 1"
+        ),
+        "{text}"
+    );
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("audit::run ends after shutdown")
+        .unwrap();
+
+    let s = seen.lock().unwrap();
+    assert_eq!(s.unexpected, Vec::<String>::new());
+    assert_eq!(
+        (s.lists, s.watches),
+        (1, 1),
+        "one guarded watch of the rules"
+    );
+    assert_eq!(s.events.len(), 1, "exactly one Event: {:#?}", s.events);
+    let e = &s.events[0];
+    assert_eq!(e["reason"], "AuditAlert");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["regarding"]["uid"], "uid-failed-logins");
+    assert!(
+        e["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("[Critical] 6 hits in 5m for 10.0.0.9"),
+        "{e}"
+    );
+    let last = s.statuses.last().unwrap();
+    assert_eq!(last["matchesTotal"], 1, "{last:#}");
+    assert_eq!(ready(last).1, "Active");
+}

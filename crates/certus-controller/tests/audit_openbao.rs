@@ -391,6 +391,7 @@ async fn the_kubernetes_sinks_post_one_event_and_checkpoint_to_the_configmap() {
         assert!(bao.login(&mount, "bob", "correct-horse").await);
     })
     .await;
+    bao.cleanup(&mount).await;
 
     let s = seen.lock().unwrap();
     assert_eq!(s.unexpected, Vec::<String>::new());
@@ -421,6 +422,4 @@ async fn the_kubernetes_sinks_post_one_event_and_checkpoint_to_the_configmap() {
             .unwrap();
     assert_eq!(PathBuf::from(&cp.path), bao.audit_log);
     assert!(cp.offset > 0);
-    drop(s);
-    bao.cleanup(&mount).await;
 }
