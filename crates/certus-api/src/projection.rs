@@ -18,6 +18,11 @@ pub mod annotations {
     pub const RESTARTED_AT: &str = "vault.certus.io/restartedAt";
     /// Forces an immediate rotation / re-issue when set to a new value.
     pub const ROTATE_NOW: &str = "vault.certus.io/rotate-now";
+    /// Forces a reconcile when set to a new value (any string; a timestamp is handy):
+    /// `kubectl annotate vaultpolicy NAME vault.certus.io/reconcile-at="$(date +%s)" --overwrite`.
+    /// Without it a metadata-only change does not trigger a reconcile, and drift is only
+    /// found at the next periodic resync.
+    pub const RECONCILE_AT: &str = "vault.certus.io/reconcile-at";
 }
 
 /// The Kubernetes Secret the operator writes. The Secret is owned by the resource

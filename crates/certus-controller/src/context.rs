@@ -47,7 +47,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             resolver: KubeResolver::new(client.clone()),
-            sessions: Arc::new(SessionCache::new()),
+            sessions: options.sessions.0.clone(),
             metrics: options.metrics.clone(),
             failures: FailureCounter::default(),
             policies,

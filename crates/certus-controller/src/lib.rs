@@ -20,8 +20,9 @@
 //! decoded is logged and skipped instead of stalling its controller.
 //!
 //! Status is written with server-side apply on the status subresource (field manager
-//! [`certus_api::FIELD_MANAGER`], forced). The process is meant to run as a single
-//! replica (no leader election yet).
+//! [`certus_api::FIELD_MANAGER`], forced). With several replicas only the holder of a
+//! Lease runs [`run`]: see [`leader::supervise`]. [`server`] serves `/metrics`,
+//! `/livez` and `/readyz`.
 //!
 //! [`SessionCache`]: certus_vault_client::SessionCache
 #![forbid(unsafe_code)]
@@ -34,6 +35,7 @@ pub mod context;
 pub mod crds;
 pub mod dynamic;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod options;
 pub mod policy;
@@ -41,6 +43,7 @@ pub mod projection;
 pub mod resolve;
 pub mod role;
 pub mod rotation;
+pub mod server;
 pub mod static_secret;
 pub mod status;
 pub mod testing;
@@ -64,8 +67,9 @@ use tracing::{debug, info, warn};
 
 pub use context::Context;
 pub use error::Error;
+pub use leader::{supervise, LeaderElector, LeaderStatus, LeaseTimings};
 pub use metrics::Metrics;
-pub use options::RunOptions;
+pub use options::{RunOptions, SharedSessions};
 pub use resolve::{ConnectionKey, KubeResolver};
 
 fn hash_of(value: impl Hash) -> u64 {
@@ -74,15 +78,17 @@ fn hash_of(value: impl Hash) -> u64 {
     h.finish()
 }
 
-/// Which VaultPolicy updates trigger a reconcile: spec (generation), finalizers, deletion
-/// and the adopt annotation. Status-only updates (including the operator's own status
-/// writes) do not.
+/// Which VaultPolicy updates trigger a reconcile: spec (generation), finalizers, deletion,
+/// the adopt annotation and the `vault.certus.io/reconcile-at` annotation
+/// ([`certus_api::annotations::RECONCILE_AT`]: set it to a new value to reconcile now).
+/// Status-only updates (including the operator's own status writes) do not.
 pub fn policy_predicate(p: &VaultPolicy) -> Option<u64> {
     Some(hash_of((
         p.metadata.generation,
         p.finalizers(),
         p.metadata.deletion_timestamp.is_some(),
         p.annotations().get(ADOPT_ANNOTATION),
+        p.annotations().get(certus_api::annotations::RECONCILE_AT),
     )))
 }
 
@@ -368,7 +374,7 @@ pub async fn run(
         )
         .for_each(|r| async move { log_result("ClusterVaultConnection", r) });
 
-    metrics.set_ready(true);
+    let ready = metrics.ready_guard();
     info!(
         namespaces = %if opts.namespaces.is_empty() { "*".to_string() } else { opts.namespaces.join(",") },
         concurrency = opts.concurrency,
@@ -386,7 +392,7 @@ pub async fn run(
         dynamic_credentials,
         audit
     );
-    metrics.set_ready(false);
+    drop(ready);
     info!("controllers stopped; revoking the Vault tokens obtained by login");
     ctx.sessions.revoke_all().await;
     Ok(())

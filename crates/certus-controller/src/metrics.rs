@@ -134,8 +134,90 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_ready(&self, ready: bool) {
+    /// Sets [`is_ready`](Self::is_ready) ([`run`](crate::run) does, while its
+    /// controllers run; tests of the probes do too).
+    pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Marks the controllers ready until the guard is dropped (also when their future is
+    /// dropped because leadership was lost).
+    pub(crate) fn ready_guard(&self) -> ReadyGuard<'_> {
+        self.set_ready(true);
+        ReadyGuard(self)
+    }
+}
+
+/// Clears [`Metrics::is_ready`] when dropped.
+pub(crate) struct ReadyGuard<'a>(&'a Metrics);
+
+impl Drop for ReadyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_ready(false);
+    }
+}
+
+/// Exposes the request counters of the shared Vault session cache
+/// ([`SessionCache::stats`](certus_vault_client::SessionCache::stats)), read at each
+/// scrape: `certus_vault_requests_total{kind="read"|"write"}`,
+/// `certus_vault_logins_total`, `certus_vault_token_renewals_total`,
+/// `certus_vault_errors_total`.
+#[derive(Debug)]
+pub struct VaultStatsCollector(pub std::sync::Arc<certus_vault_client::VaultStats>);
+
+impl VaultStatsCollector {
+    /// Registers the collector on `registry`.
+    pub fn register(
+        stats: std::sync::Arc<certus_vault_client::VaultStats>,
+        registry: &mut Registry,
+    ) {
+        registry.register_collector(Box::new(VaultStatsCollector(stats)));
+    }
+}
+
+impl prometheus_client::collector::Collector for VaultStatsCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::MetricType;
+
+        let s = self.0.snapshot();
+        {
+            let mut family = encoder.encode_descriptor(
+                "certus_vault_requests",
+                "Vault requests of the operator, by kind (read: GET/LIST; write: POST/PUT/DELETE; logins, renewals and health checks excluded)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, value) in [("read", s.reads), ("write", s.writes)] {
+                let labels = [("kind", kind)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, value) in [
+            (
+                "certus_vault_logins",
+                "Vault logins (successful and failed attempts)",
+                s.logins,
+            ),
+            (
+                "certus_vault_token_renewals",
+                "Renewals of the operator's Vault tokens",
+                s.renewals,
+            ),
+            (
+                "certus_vault_errors",
+                "Vault requests that returned an error",
+                s.errors,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        Ok(())
     }
 }
 

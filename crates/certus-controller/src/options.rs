@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certus_vault_client::SessionCache;
+
 use crate::metrics::Metrics;
 
 /// How [`run`](crate::run) behaves. `RunOptions::default()` is a sensible production setup.
@@ -40,6 +42,10 @@ pub struct RunOptions {
     /// Counters and histograms; register them on a `prometheus_client` registry with
     /// [`Metrics::register`] to serve `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The Vault sessions (one login per identity) the controllers use. Shared with the
+    /// caller, which keeps the tokens renewed, exposes the request counters and revokes
+    /// the login tokens on exit; it outlives one leadership term.
+    pub sessions: SharedSessions,
     /// Where Vault's audit stream is read (file and/or socket audit device) and the
     /// checkpoint ConfigMap. Without a source, `AuditAlertRule`s are validated but not
     /// evaluated. See [`crate::audit`].
@@ -61,8 +67,19 @@ impl Default for RunOptions {
             debounce: Duration::from_millis(500),
             instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
             metrics: Arc::new(Metrics::default()),
+            sessions: SharedSessions::default(),
             audit: crate::audit::AuditConfig::default(),
         }
+    }
+}
+
+/// A [`SessionCache`] shared between [`run`](crate::run) and its caller.
+#[derive(Clone, Default)]
+pub struct SharedSessions(pub Arc<SessionCache>);
+
+impl std::fmt::Debug for SharedSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSessions")
     }
 }
 
