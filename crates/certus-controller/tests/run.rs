@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certus_api::{ClusterVaultConnection, VaultConnection, VaultPolicy};
+use certus_api::{VaultConnection, VaultPolicy};
 use certus_controller::testing::{policy, PolicyExt};
 use certus_controller::RunOptions;
 use certus_vault_client::{ConnectionConfig, Credentials, SecretString, VaultSession};
@@ -60,6 +60,7 @@ struct Seen {
     events: Vec<(String, String)>,
     unexpected: Vec<String>,
     watches: usize,
+    other_watches: usize,
 }
 
 /// Serves the fake API until the client goes away. Watches are held open (their
@@ -97,16 +98,23 @@ async fn serve(
                 s.crd_polls += 1;
                 // The first round of polls sees VaultPolicy not yet established.
                 let ready = s.crd_polls > 3;
-                let crd = match p.rsplit('/').next().unwrap() {
-                    "vaultconnections.vault.certus.io" => established::<VaultConnection>(true),
-                    "clustervaultconnections.vault.certus.io" => {
-                        established::<ClusterVaultConnection>(true)
-                    }
+                let name = p.rsplit('/').next().unwrap();
+                let crd = match name {
                     "vaultpolicies.vault.certus.io" => established::<VaultPolicy>(ready),
-                    other => {
-                        s.unexpected.push(format!("CRD {other}"));
-                        json!({})
-                    }
+                    other => match certus_api::all_crds()
+                        .into_iter()
+                        .find(|c| c.metadata.name.as_deref() == Some(other))
+                    {
+                        Some(c) => {
+                            let mut v = serde_json::to_value(&c).unwrap();
+                            v["status"] = json!({"conditions": [{"type": "Established", "status": "True"}]});
+                            v
+                        }
+                        None => {
+                            s.unexpected.push(format!("CRD {other}"));
+                            json!({})
+                        }
+                    },
                 };
                 reply(respond, 200, &crd);
             }
@@ -166,6 +174,23 @@ async fn serve(
                     body["regarding"]["kind"].as_str().unwrap_or("").to_string(),
                 ));
                 reply(respond, 201, &body);
+            }
+            // Every other kind the operator watches (the other vault.certus.io kinds,
+            // metadata-only Secret watches, owned Secrets): empty lists, idle watches.
+            (Method::GET, p) if watch && (p.starts_with(g) || p.starts_with("/api/v1/")) => {
+                s.other_watches += 1;
+                open_watches.push(respond);
+            }
+            (Method::GET, p)
+                if (p.starts_with(g) || p.starts_with("/api/v1/"))
+                    && !p.contains("/secrets/")
+                    && !p.ends_with("/default") =>
+            {
+                reply(
+                    respond,
+                    200,
+                    &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "10"}, "items": []}),
+                )
             }
             _ => {
                 s.unexpected.push(format!("{method} {path}?{query}"));
@@ -259,8 +284,11 @@ async fn run_waits_for_crds_reconciles_and_shuts_down_gracefully() {
             Vec::<String>::new(),
             "requests the fake does not serve"
         );
-        // 3 kinds for the controllers + 2 connection kinds re-triggering policies.
-        assert_eq!(s.watches, 5, "one watch per stream");
+        // At least: 3 kinds for their controllers + 2 connection kinds re-triggering
+        // policies (the other controllers add their own connection watches).
+        assert!(s.watches >= 5, "watches on policies/connections: {}", s.watches);
+        // Every other kind's controller started its watches too.
+        assert!(s.other_watches >= 7, "watches on the other kinds: {}", s.other_watches);
         assert!(
             s.events
                 .contains(&("Created".to_string(), "VaultPolicy".to_string())),
