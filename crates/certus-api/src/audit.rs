@@ -353,8 +353,9 @@ pub struct AuditWebhookSecretRef {
 #[serde(rename_all = "camelCase")]
 pub struct AuditAlertRuleStatus {
     /// `Ready`: `True` while the rule is evaluated; `False` with `InvalidSpec` (e.g. an
-    /// unknown time zone), `SecretNotFound` (webhook Secret; the rule still raises Events
-    /// and metrics) or `Suspended`.
+    /// unknown time zone), `Suspended`, `NoAuditSource` (the operator reads no audit
+    /// stream), or a webhook problem: `SecretNotFound`, `PermissionDenied`,
+    /// `InvalidWebhook`, `SecretUnavailable` (the rule still raises Events and metrics).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
