@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod crds;
+pub mod logging;
 pub mod dynamic;
 pub mod manifests;
 pub mod offline;
+pub mod run;
 pub mod rotation;
 
 /// Declarative HashiCorp Vault / OpenBao for Kubernetes.
@@ -37,6 +39,9 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the operator: the controllers (behind a leader election with
+    /// `--leader-election`), /metrics, /livez and /readyz. Stops on SIGTERM or Ctrl-C.
+    Run(run::Args),
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD).
     Crds {
         /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
@@ -54,16 +59,22 @@ pub enum Command {
 /// "absent" to us) at ERROR, so they are silenced; our own errors say what failed.
 pub const DEFAULT_LOG_FILTER: &str = "warn,certus=info,certus_cli=info,certus_controller=info,certus_reconcile=info,rustify=off,vaultrs=off";
 
+pub use logging::{json_subscriber, log_filter};
+
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let spec = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG is not a valid filter ({e}); using the default filter");
+        EnvFilter::new(DEFAULT_LOG_FILTER)
+    });
     match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Plain => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => json_subscriber(filter, std::io::stderr).init(),
     }
 }
 
@@ -85,6 +96,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Crds { out_dir } => {
                 crds::command(out_dir.as_deref()).map(|_| ExitCode::SUCCESS)
             }
+            Command::Run(args) => run::run(args).await,
             Command::Plan(args) => offline::plan(args).await,
             Command::Apply(args) => offline::apply(args).await,
         }
