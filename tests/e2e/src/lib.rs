@@ -262,17 +262,30 @@ impl E2e {
     /// `SKIPPED e2e <test>: …` line) when `CERTUS_E2E_KUBECONFIG` is not set. Panics with
     /// a clear message when the variable is set but the setup fails.
     pub async fn start(test: &str) -> Option<E2e> {
+        Self::start_inner(test, true).await
+    }
+
+    /// Like [`E2e::start`] but starts no operator and creates no `VaultConnection`: the
+    /// test starts its operators with [`E2e::start_operator`] (e.g. two with leader
+    /// election, or one with restricted permissions), makes one of them the main one with
+    /// [`E2e::set_operator`] (checked by [`E2e::eventually`], and running the finalizers
+    /// during cleanup) and calls [`E2e::connect_vault`].
+    pub async fn start_without_operator(test: &str) -> Option<E2e> {
+        Self::start_inner(test, false).await
+    }
+
+    async fn start_inner(test: &str, operator: bool) -> Option<E2e> {
         let Some(kubeconfig) = std::env::var_os(ENV_KUBECONFIG).filter(|v| !v.is_empty()) else {
             notice(&skip_message(test));
             return None;
         };
-        match Self::setup(test, user_path(Path::new(&kubeconfig))).await {
+        match Self::setup(test, user_path(Path::new(&kubeconfig)), operator).await {
             Ok(e2e) => Some(e2e),
             Err(e) => panic!("e2e {test}: setup failed: {e:#}"),
         }
     }
 
-    async fn setup(test: &str, kubeconfig: PathBuf) -> Result<E2e> {
+    async fn setup(test: &str, kubeconfig: PathBuf, start_operator: bool) -> Result<E2e> {
         let serial = match SERIAL.try_lock() {
             Ok(guard) => guard,
             Err(_) => {
@@ -332,8 +345,10 @@ impl E2e {
             started,
             _serial: serial,
         };
-        e2e.operator = Some(Operator::start(&bin, &e2e.kubeconfig, &log)?);
-        e2e.connect_vault().await?;
+        if start_operator {
+            e2e.operator = Some(Operator::start(&bin, &e2e.kubeconfig, &log)?);
+            e2e.connect_vault().await?;
+        }
         eprintln!(
             "e2e {test}: ready in {:.1}s: namespace {}, operator log {}",
             e2e.started.elapsed().as_secs_f64(),
@@ -343,8 +358,26 @@ impl E2e {
         Ok(e2e)
     }
 
-    /// Creates the token Secret and the `VaultConnection` `default`, and waits for it.
-    async fn connect_vault(&self) -> Result<()> {
+    /// Creates the token Secret and the `VaultConnection` `default`, and waits for it to
+    /// be `Ready=True` (done by [`E2e::start`]).
+    pub async fn connect_vault(&self) -> Result<()> {
+        self.apply_vault_connection().await?;
+        let env = self.vault.env();
+        let waited = self
+            .wait_ready::<certus_api::VaultConnection>(CONNECTION_NAME, READY_TIMEOUT)
+            .await;
+        match waited {
+            Ok(_) => Ok(()),
+            Err(e) if self.operator.as_ref().is_some_and(|o| o.exited().is_some()) => Err(e),
+            Err(e) => Err(e.context(format!(
+                "VaultConnection {}/{CONNECTION_NAME} (address {}, token from Secret {TOKEN_SECRET}) did not become Ready. The operator runs on this machine and must reach that address; is another certus operator (in-cluster or another run) holding the leader lease or reconciling this cluster?",
+                self.ns, env.addr
+            ))),
+        }
+    }
+
+    /// Creates the token Secret and the `VaultConnection` `default` without waiting.
+    pub async fn apply_vault_connection(&self) -> Result<()> {
         let env = self.vault.env();
         let mut secret = Secret::default();
         secret.metadata.name = Some(TOKEN_SECRET.into());
@@ -373,17 +406,7 @@ impl E2e {
             "spec": spec,
         }))
         .await?;
-        let waited = self
-            .wait_ready::<certus_api::VaultConnection>(CONNECTION_NAME, READY_TIMEOUT)
-            .await;
-        match waited {
-            Ok(_) => Ok(()),
-            Err(e) if self.operator.as_ref().is_some_and(|o| o.exited().is_some()) => Err(e),
-            Err(e) => Err(e.context(format!(
-                "VaultConnection {}/{CONNECTION_NAME} (address {}, token from Secret {TOKEN_SECRET}) did not become Ready. The operator runs on this machine and must reach that address; is another certus operator (in-cluster or another run) holding the leader lease or reconciling this cluster?",
-                self.ns, env.addr
-            ))),
-        }
+        Ok(())
     }
 
     // ---- accessors ------------------------------------------------------------------
@@ -417,6 +440,73 @@ impl E2e {
     /// The operator's log file.
     pub fn operator_log(&self) -> Option<&Path> {
         self.operator.as_ref().map(|o| o.log_path())
+    }
+
+    /// The main operator (the one [`E2e::eventually`] checks and cleanup relies on).
+    pub fn operator(&self) -> Option<&Operator> {
+        self.operator.as_ref()
+    }
+
+    /// Makes `op` the main operator; returns the previous one.
+    pub fn set_operator(&mut self, op: Operator) -> Option<Operator> {
+        self.operator.replace(op)
+    }
+
+    /// Takes the main operator away (e.g. to kill it on purpose).
+    pub fn take_operator(&mut self) -> Option<Operator> {
+        self.operator.take()
+    }
+
+    /// The kubeconfig of the cluster (`$CERTUS_E2E_KUBECONFIG`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Starts one more `certus-vault run` with `args` (after `$CERTUS_E2E_OPERATOR_ARGS`),
+    /// logging to `<logs>/<namespace>/<label>.log`, with `kubeconfig` (default: the
+    /// cluster's). The caller owns it (dropping it stops it); see [`E2e::set_operator`].
+    pub fn start_operator(
+        &self,
+        label: &str,
+        args: &[&str],
+        kubeconfig: Option<&Path>,
+    ) -> Result<Operator> {
+        let log = operator::profile_dir()?
+            .join("certus-e2e-logs")
+            .join(&self.ns)
+            .join(format!("{label}.log"));
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Operator::start_with(
+            &operator::binary()?,
+            kubeconfig.unwrap_or(&self.kubeconfig),
+            &log,
+            &args,
+        )
+    }
+
+    /// Writes (mode 0600, next to the test's logs) a kubeconfig that is the cluster's
+    /// with impersonation of ServiceAccount `namespace/name` (`as`, `as-groups`), so a
+    /// process using it has exactly that ServiceAccount's permissions. The cluster's own
+    /// user must be allowed to impersonate (cluster-admin is).
+    pub fn impersonating_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        let kc = impersonate_service_account(kc, namespace, name)?;
+        let path = operator::profile_dir()?
+            .join("certus-e2e-logs")
+            .join(&self.ns)
+            .join(format!("kubeconfig-as-{namespace}-{name}"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_yaml::to_string(&kc).context("serializing the kubeconfig")?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(path)
     }
 
     /// The kinds of the installed CRDs.
@@ -889,6 +979,46 @@ impl Drop for E2e {
     }
 }
 
+/// `kc` reduced to its current context, whose user impersonates ServiceAccount
+/// `namespace/name` with the groups Kubernetes gives ServiceAccounts.
+pub fn impersonate_service_account(
+    mut kc: Kubeconfig,
+    namespace: &str,
+    name: &str,
+) -> Result<Kubeconfig> {
+    let context_name = kc
+        .current_context
+        .clone()
+        .context("the kubeconfig has no current-context")?;
+    let context = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
+        .with_context(|| format!("the kubeconfig has no context {context_name}"))?;
+    let user_name = context
+        .user
+        .clone()
+        .context("the current context names no user")?;
+    let mut user = kc
+        .auth_infos
+        .iter()
+        .find(|u| u.name == user_name)
+        .with_context(|| format!("the kubeconfig has no user {user_name}"))?
+        .clone();
+    let auth = user.auth_info.get_or_insert_with(Default::default);
+    auth.impersonate = Some(format!("system:serviceaccount:{namespace}:{name}"));
+    auth.impersonate_groups = Some(vec![
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{namespace}"),
+        "system:authenticated".to_string(),
+    ]);
+    kc.auth_infos = vec![user];
+    kc.contexts.retain(|c| c.name == context_name);
+    kc.clusters.retain(|c| c.name == context.cluster);
+    Ok(kc)
+}
+
 fn vault_env() -> Result<VaultEnv> {
     static ENV: OnceLock<std::result::Result<VaultEnv, String>> = OnceLock::new();
     ENV.get_or_init(|| VaultEnv::resolve(&workspace_root()).map_err(|e| format!("{e:#}")))
@@ -1245,6 +1375,63 @@ mod tests {
         );
         assert!(m.contains(">= 1.30"));
         assert!(m.contains("End-to-end tests"));
+    }
+
+    #[test]
+    fn impersonation_keeps_the_credentials_and_adds_as() {
+        let kc = Kubeconfig::from_yaml(
+            "apiVersion: v1\nkind: Config\ncurrent-context: admin@kind\nclusters:\n- name: kind\n  cluster: {server: \"https://127.0.0.1:6443\", certificate-authority-data: Q0E=}\n- name: other\n  cluster: {server: \"https://10.0.0.1\"}\ncontexts:\n- name: admin@kind\n  context: {cluster: kind, user: admin}\n- name: other\n  context: {cluster: other, user: other}\nusers:\n- name: admin\n  user: {client-certificate-data: Q0VSVA==, client-key-data: S0VZ}\n- name: other\n  user: {token: t}\n",
+        )
+        .unwrap();
+        let kc =
+            impersonate_service_account(kc, "certus-e2e-abc123", "certus-vault-operator").unwrap();
+        let text = serde_yaml::to_string(&kc).unwrap();
+        let back = Kubeconfig::from_yaml(&text).unwrap();
+        assert_eq!(back.auth_infos.len(), 1);
+        let auth = back.auth_infos[0].auth_info.clone().unwrap();
+        assert_eq!(
+            auth.impersonate.as_deref(),
+            Some("system:serviceaccount:certus-e2e-abc123:certus-vault-operator")
+        );
+        assert_eq!(
+            auth.impersonate_groups.unwrap(),
+            vec![
+                "system:serviceaccounts",
+                "system:serviceaccounts:certus-e2e-abc123",
+                "system:authenticated"
+            ]
+        );
+        assert!(auth.client_key_data.is_some(), "the credentials are kept");
+        assert!(text.contains("as: system:serviceaccount:"), "{text}");
+        assert_eq!(back.clusters.len(), 1);
+        assert_eq!(back.current_context.as_deref(), Some("admin@kind"));
+    }
+
+    #[test]
+    fn metrics_are_read_from_the_text_format() {
+        let text = "# TYPE certus_leader gauge\ncertus_leader 1\ncertus_controller_reconciles_total{kind=\"VaultPolicy\"} 3\n# EOF\n";
+        assert_eq!(operator::metric_value(text, "certus_leader"), Some(1.0));
+        assert_eq!(
+            operator::metric_value(
+                text,
+                "certus_controller_reconciles_total{kind=\"VaultPolicy\"}"
+            ),
+            Some(3.0)
+        );
+        assert_eq!(operator::metric_value(text, "certus_lead"), None);
+        let args: Vec<String> = ["--leader-election", "--metrics-addr", "127.0.0.1:1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            operator::metrics_addr_arg(&args).as_deref(),
+            Some("127.0.0.1:1")
+        );
+        assert_eq!(
+            operator::metrics_addr_arg(&["--metrics-addr=0.0.0.0:9".to_string()]).as_deref(),
+            Some("0.0.0.0:9")
+        );
+        assert_eq!(operator::metrics_addr_arg(&[]), None);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `certus-vault run`, `KUBECONFIG=$CERTUS_E2E_KUBECONFIG` and its output in a log file.
 
 use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -121,6 +123,7 @@ pub struct Operator {
     pid: u32,
     log: PathBuf,
     started: Instant,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Operator {
@@ -128,6 +131,7 @@ impl std::fmt::Debug for Operator {
         f.debug_struct("Operator")
             .field("pid", &self.pid)
             .field("log", &self.log)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -137,6 +141,20 @@ impl Operator {
     /// stdout and stderr to `log`. The Vault environment variables are removed so the
     /// operator can only reach Vault through the `VaultConnection` objects.
     pub fn start(bin: &Path, kubeconfig: &Path, log: &Path) -> Result<Operator> {
+        Self::start_with(bin, kubeconfig, log, &[])
+    }
+
+    /// [`Operator::start`] with more arguments after `$CERTUS_E2E_OPERATOR_ARGS`. Unless
+    /// one of them sets `--metrics-addr`, the operator serves /metrics, /livez and /readyz
+    /// on a free loopback port ([`Operator::http_get`]), so several operators can run on
+    /// one machine. `POD_NAME`/`POD_NAMESPACE` are removed: the Lease identity of each is
+    /// `<hostname>-<pid>`.
+    pub fn start_with(
+        bin: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+        args: &[String],
+    ) -> Result<Operator> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -144,11 +162,20 @@ impl Operator {
         let file2 = file
             .try_clone()
             .context("duplicating the log file handle")?;
-        let extra: Vec<String> = std::env::var(ENV_OPERATOR_ARGS)
+        let mut extra: Vec<String> = std::env::var(ENV_OPERATOR_ARGS)
             .unwrap_or_default()
             .split_whitespace()
             .map(str::to_string)
             .collect();
+        extra.extend(args.iter().cloned());
+        let metrics_addr = match metrics_addr_arg(&extra) {
+            Some(addr) => addr.parse::<SocketAddr>().ok(),
+            None => {
+                let addr = free_loopback_addr()?;
+                extra.push(format!("--metrics-addr={addr}"));
+                Some(addr)
+            }
+        };
         let rust_log = std::env::var(ENV_OPERATOR_RUST_LOG).unwrap_or_else(|_| "info".into());
         let mut cmd = Command::new(bin);
         cmd.arg("run")
@@ -165,6 +192,8 @@ impl Operator {
             "BAO_ADDR",
             "BAO_TOKEN",
             "BAO_CACERT",
+            "POD_NAME",
+            "POD_NAMESPACE",
         ] {
             cmd.env_remove(var);
         }
@@ -173,8 +202,12 @@ impl Operator {
             .spawn()
             .with_context(|| format!("starting {} run", bin.display()))?;
         let pid = child.id();
-        if let Ok(pid_file) = pid_file() {
-            let _ = std::fs::write(&pid_file, format!("{pid}\n"));
+        if let Ok(pid_file) = pid_file(pid) {
+            if let Some(dir) = pid_file.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            // Names the test process: its own operators are not "stale" to it.
+            let _ = std::fs::write(&pid_file, format!("{}\n", std::process::id()));
         }
         eprintln!(
             "e2e: operator started: {} run {} (pid {pid}, KUBECONFIG={}, RUST_LOG={rust_log}); log: {}",
@@ -189,7 +222,46 @@ impl Operator {
             pid,
             log: log.to_path_buf(),
             started: Instant::now(),
+            metrics_addr,
         })
+    }
+
+    /// The process id (the Lease identity of the operator ends with `-<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Where /metrics, /livez and /readyz are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// `GET path` on the metrics address: (status, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = self
+            .metrics_addr
+            .context("the operator's --metrics-addr is unknown")?;
+        http_get(addr, path)
+    }
+
+    /// Whether the log contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(needle))
+    }
+
+    /// Kills the process at once (SIGKILL): a crash, no graceful shutdown, no Lease
+    /// release.
+    pub fn kill(&self) {
+        if self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("e2e: operator (pid {}) killed (SIGKILL)", self.pid);
+        if let Ok(pid_file) = pid_file(self.pid) {
+            let _ = std::fs::remove_file(pid_file);
+        }
     }
 
     /// The log file (stdout and stderr).
@@ -241,12 +313,61 @@ impl Operator {
             }
             _ => terminate(&mut child, self.pid),
         }
-        if let Ok(pid_file) = pid_file() {
-            if std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim() == self.pid.to_string()) {
-                let _ = std::fs::remove_file(pid_file);
-            }
+        if let Ok(pid_file) = pid_file(self.pid) {
+            let _ = std::fs::remove_file(pid_file);
         }
     }
+}
+
+/// The value of `--metrics-addr` in `args` (`--metrics-addr=X` or `--metrics-addr X`).
+pub fn metrics_addr_arg(args: &[String]) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix("--metrics-addr=") {
+            return Some(v.to_string());
+        }
+        if a == "--metrics-addr" {
+            return it.next().cloned();
+        }
+    }
+    None
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_loopback_addr() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// One HTTP/1.1 `GET` (the operator's probes and metrics): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("an incomplete answer from {addr}{path}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status line from {addr}{path}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// The value of the sample `name` (e.g. `certus_leader` or
+/// `certus_controller_reconciles_total{kind="VaultPolicy"}`) in a /metrics text.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }
 
 /// SIGTERM, up to 15 s for the process to exit, then SIGKILL.
@@ -271,23 +392,45 @@ fn terminate(child: &mut Child, pid: u32) {
     let _ = child.wait();
 }
 
-/// Records the pid of the running operator, so that a run that was killed before it could
-/// stop its operator (SIGKILL, a CI timeout) does not leave a second operator behind.
-fn pid_file() -> Result<PathBuf> {
-    Ok(profile_dir()?.join("certus-e2e-logs").join("operator.pid"))
+/// Records the pid of each running operator (one file per operator, holding the pid of
+/// the test process that started it), so that a run that was killed before it could stop
+/// its operators (SIGKILL, a CI timeout) does not leave them behind.
+fn pid_file(pid: u32) -> Result<PathBuf> {
+    Ok(pid_dir()?.join(pid.to_string()))
 }
 
-/// Stops an operator an earlier, interrupted run of this suite left running: the pid in
-/// the pid file, if that process is still `<bin> run` (checked through /proc on Linux).
+fn pid_dir() -> Result<PathBuf> {
+    Ok(profile_dir()?.join("certus-e2e-logs").join("operator-pids"))
+}
+
+/// Stops the operators an earlier, interrupted run of this suite left running: every pid
+/// in the pid directory that another test process started, if that process is still
+/// `<bin> run` (checked through /proc on Linux). This test process's own operators are
+/// left alone (a test may run several).
 fn stop_stale(bin: &Path) {
-    let Ok(path) = pid_file() else { return };
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    let Ok(dir) = pid_dir() else { return };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
-    let _ = std::fs::remove_file(&path);
-    let Some(pid) = text.trim().parse::<u32>().ok() else {
-        return;
-    };
+    let me = std::process::id().to_string();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(pid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_to_string(&path).is_ok_and(|owner| owner.trim() == me) {
+            continue;
+        }
+        let _ = std::fs::remove_file(&path);
+        stop_if_ours(bin, pid);
+    }
+}
+
+fn stop_if_ours(bin: &Path, pid: u32) {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
         return;
