@@ -3,7 +3,7 @@
 //! until a round makes no progress. Used by `certus-vault apply -f DIR`; the operator
 //! gets the same effect from per-resource retries with backoff.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use certus_api::{AuthMethod, SecretEngine, VaultPolicy, VaultRole};
 use certus_core::ResourceId;
@@ -158,8 +158,99 @@ pub async fn apply_all<R: Resolver>(
     apply_all_concurrent(vault, resources, resolver, state, mode, 1).await
 }
 
+/// Names listed under `dir` (lower-cased), or `None` when the list is not allowed or
+/// fails (the pipelines then read each object, as without the list).
+async fn list_names(vault: &VaultSession, dir: &str) -> Option<HashSet<String>> {
+    match vault.list(dir).await {
+        Ok(keys) => Some(keys.into_iter().map(|k| k.to_ascii_lowercase()).collect()),
+        Err(e) => {
+            tracing::debug!(dir, error = %e, "listing failed; reading objects one by one");
+            None
+        }
+    }
+}
+
+/// Bulk reads for the policies of a round: one `LIST sys/policies/acl` instead of one
+/// read per absent policy (worth it from two policies on).
+async fn policy_listing(
+    vault: &VaultSession,
+    resources: &[Resource],
+    idx: &[usize],
+) -> Option<HashSet<String>> {
+    let n = idx
+        .iter()
+        .filter(|&&i| matches!(resources[i], Resource::Policy(_)))
+        .count();
+    if n < 2 {
+        return None;
+    }
+    list_names(vault, "sys/policies/acl").await
+}
+
+/// Bulk reads for the roles of a round: each mount table once, each role directory
+/// listed once (from two roles on), and the Vault policies this run already saw in Vault.
+async fn role_hints(
+    vault: &VaultSession,
+    resources: &[Resource],
+    idx: &[usize],
+    names: &BTreeMap<(String, String), String>,
+    present: HashSet<String>,
+) -> crate::role::Hints {
+    let mut hints = crate::role::Hints {
+        policies_present: present,
+        ..Default::default()
+    };
+    let mut tables: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut dirs: BTreeMap<String, usize> = BTreeMap::new();
+    for &i in idx {
+        let Resource::Role(r) = &resources[i] else {
+            continue;
+        };
+        let ns = r
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        // Unresolved references do not change the path; the pipeline reports them.
+        let lookup = |name: &str| {
+            Some(
+                names
+                    .get(&(ns.clone(), name.to_string()))
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        };
+        if let Ok(d) = crate::role::desired(r, &lookup) {
+            *tables.entry(d.kind.table().sys_path()).or_default() += 1;
+            if let Some(dir) = crate::role::role_dir(&d) {
+                *dirs.entry(dir.to_string()).or_default() += 1;
+            }
+        }
+    }
+    for (sys_path, _) in tables {
+        if let Ok(Some(t)) = vault.read(sys_path).await {
+            hints.tables.insert(sys_path, t);
+        }
+    }
+    for (dir, n) in dirs {
+        if n >= 2 {
+            if let Some(keys) = list_names(vault, &dir).await {
+                hints.listed_dirs.insert(dir, keys);
+            }
+        }
+    }
+    hints
+}
+
 /// [`apply_all`] with up to `concurrency` resources of a round in flight at once (the
 /// CLI uses this: Vault round trips, not CPU, bound a large apply).
+///
+/// Each round runs in two phases: policies, engines and auth methods first, then roles
+/// (which depend on them). Before each phase a few bulk reads replace per-object reads
+/// whose answer they give (`LIST sys/policies/acl`, the mount tables, `LIST` of each role
+/// directory), and roles skip reading the Vault policies this run already wrote or found
+/// in sync. The facts are only used within the phase that read them; nothing is cached
+/// across calls.
 pub async fn apply_all_concurrent<R: Resolver>(
     vault: &VaultSession,
     resources: &[Resource],
@@ -172,22 +263,82 @@ pub async fn apply_all_concurrent<R: Resolver>(
     let names = policy_names(resources);
     let mut results: Vec<Option<Applied>> = (0..resources.len()).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..resources.len()).collect();
+    // Vault policies known to exist: written or found in sync by this run.
+    let mut present: HashSet<String> = HashSet::new();
     let mut round = 0;
     while !pending.is_empty() {
         round += 1;
         let names = &names;
-        let done: Vec<(usize, ResourceId, Result<Outcome, ReconcileError>)> =
-            futures::stream::iter(pending.iter().copied())
+        let (roles, others): (Vec<usize>, Vec<usize>) = pending
+            .iter()
+            .partition(|&&i| matches!(resources[i], Resource::Role(_)));
+        let mut done: Vec<(usize, ResourceId, Result<Outcome, ReconcileError>)> =
+            Vec::with_capacity(pending.len());
+        let listed = policy_listing(vault, resources, &others).await;
+        let listed = &listed;
+        done.extend(
+            futures::stream::iter(others.iter().copied())
                 .map(|i| async move {
                     let res = &resources[i];
                     let id = res.id();
                     let last = state.get(&id).cloned().unwrap_or_default();
-                    let result = reconcile_one(vault, res, resolver, names, &last, mode).await;
+                    let result = match res {
+                        Resource::Policy(p) => crate::policy::reconcile_listed(
+                            vault,
+                            p,
+                            last.applied_hash.as_deref(),
+                            mode,
+                            listed.as_ref(),
+                        )
+                        .await
+                        .map(Outcome::Policy),
+                        _ => reconcile_one(vault, res, resolver, names, &last, mode).await,
+                    };
                     (i, id, result)
                 })
                 .buffered(concurrency.max(1))
-                .collect()
-                .await;
+                .collect::<Vec<_>>()
+                .await,
+        );
+        if mode == Mode::Apply {
+            for (_, _, r) in &done {
+                if let Ok(Outcome::Policy(p)) = r {
+                    if p.written || p.change.action == certus_core::Action::NoChange {
+                        present.insert(p.vault_name.clone());
+                    }
+                }
+            }
+        }
+        if !roles.is_empty() {
+            let hints = role_hints(vault, resources, &roles, names, present.clone()).await;
+            let hints = &hints;
+            done.extend(
+                futures::stream::iter(roles.iter().copied())
+                    .map(|i| async move {
+                        let res = &resources[i];
+                        let id = res.id();
+                        let last = state.get(&id).cloned().unwrap_or_default();
+                        let Resource::Role(r) = res else {
+                            unreachable!("partitioned")
+                        };
+                        let ns = r
+                            .metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| "default".into());
+                        let lookup =
+                            |name: &str| names.get(&(ns.clone(), name.to_string())).cloned();
+                        let result =
+                            crate::role::reconcile_with(vault, r, &lookup, &last, mode, hints)
+                                .await
+                                .map(Outcome::Config);
+                        (i, id, result)
+                    })
+                    .buffered(concurrency.max(1))
+                    .collect::<Vec<_>>()
+                    .await,
+            );
+        }
         let mut waiting = vec![];
         let mut settled = 0;
         for (i, id, result) in done {

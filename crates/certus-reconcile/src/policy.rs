@@ -77,9 +77,26 @@ pub async fn reconcile(
     last_hash: Option<&str>,
     mode: Mode,
 ) -> Result<PolicyOutcome, ReconcileError> {
+    reconcile_listed(vault, p, last_hash, mode, None).await
+}
+
+/// [`reconcile`] with the policy names a `LIST sys/policies/acl` made in the same run
+/// returned (see `order::apply_all_concurrent`): a policy absent from that list is not
+/// read again (a cold apply then makes one write per policy instead of a read and a
+/// write). `None` reads the policy as [`reconcile`] does.
+pub async fn reconcile_listed(
+    vault: &VaultSession,
+    p: &VaultPolicy,
+    last_hash: Option<&str>,
+    mode: Mode,
+    listed: Option<&std::collections::HashSet<String>>,
+) -> Result<PolicyOutcome, ReconcileError> {
     let desired = desired(p)?;
     let id = resource_id(p);
-    let live = vault.policy_read(&desired.name).await?;
+    let live = match listed {
+        Some(names) if !names.contains(&desired.name) => None,
+        _ => vault.policy_read(&desired.name).await?,
+    };
     let change = core::plan(&id, &desired, live.as_deref(), last_hash, p.adopt());
     let mut written = false;
     match change.action {

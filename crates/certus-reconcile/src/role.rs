@@ -60,13 +60,60 @@ pub async fn reconcile(
     last: &LastApplied,
     mode: Mode,
 ) -> Result<ConfigOutcome, ReconcileError> {
+    reconcile_with(vault, r, lookup, last, mode, &Hints::default()).await
+}
+
+/// What a caller reconciling many roles in one pass already read from Vault in bulk
+/// (`order::apply_all_concurrent`), so each role skips the per-role reads whose answer
+/// is known. Valid for one pass only; the default (nothing known) reads everything.
+#[derive(Clone, Debug, Default)]
+pub struct Hints {
+    /// `sys/auth` and `sys/mounts` as read once for the pass, by `sys_path`.
+    pub tables: std::collections::HashMap<&'static str, Value>,
+    /// Vault policies known to exist (written or found in sync earlier in the pass, or
+    /// listed): their `policyRefs` check is not read again.
+    pub policies_present: std::collections::HashSet<String>,
+    /// Role directories (`auth/kubernetes/role`, `database/roles`, …) listed once, with
+    /// their lower-cased keys: a role absent from its directory's list is not read.
+    pub listed_dirs: std::collections::HashMap<String, std::collections::HashSet<String>>,
+}
+
+impl Hints {
+    fn known_absent(&self, path: &str) -> bool {
+        path.rsplit_once('/').is_some_and(|(dir, name)| {
+            self.listed_dirs
+                .get(dir)
+                .is_some_and(|keys| !keys.contains(&name.to_ascii_lowercase()))
+        })
+    }
+}
+
+/// The directory a role kind's objects are listed under (`LIST <dir>`), for [`Hints`].
+pub fn role_dir(d: &core::DesiredRole) -> Option<&str> {
+    d.object.path.rsplit_once('/').map(|(dir, _)| dir)
+}
+
+/// [`reconcile`] using what the caller already knows (see [`Hints`]).
+pub async fn reconcile_with(
+    vault: &VaultSession,
+    r: &VaultRole,
+    lookup: &(dyn Fn(&str) -> Option<String> + Sync),
+    last: &LastApplied,
+    mode: Mode,
+    hints: &Hints,
+) -> Result<ConfigOutcome, ReconcileError> {
     let d = desired(r, lookup)?;
     let id = resource_id(r);
-    let table = vault
-        .read(d.kind.table().sys_path())
-        .await?
-        .unwrap_or(Value::Null);
-    match core::check_mount(&d, &table) {
+    let sys_path = d.kind.table().sys_path();
+    let fetched;
+    let table = match hints.tables.get(sys_path) {
+        Some(t) => t,
+        None => {
+            fetched = vault.read(sys_path).await?.unwrap_or(Value::Null);
+            &fetched
+        }
+    };
+    match core::check_mount(&d, table) {
         Ok(()) => {}
         Err(MountProblem::Missing(m)) => return Err(ReconcileError::Dependency(m)),
         Err(MountProblem::WrongType(m)) => return Err(ReconcileError::Invalid(m)),
@@ -74,6 +121,9 @@ pub async fn reconcile(
     let refs = core::policy_refs(&r.spec);
     for name in refs {
         let vault_name = lookup(name).unwrap_or_default();
+        if hints.policies_present.contains(&vault_name) {
+            continue;
+        }
         if vault.policy_read(&vault_name).await?.is_none() {
             return Err(ReconcileError::Dependency(format!(
                 "spec.{}.policyRefs: VaultPolicy {name} (Vault policy {vault_name:?}) is not in Vault yet",
@@ -103,7 +153,7 @@ pub async fn reconcile(
         &id,
         &d.object,
         &[],
-        true,
+        !hints.known_absent(&d.object.path),
         last,
         drift,
         write,
