@@ -45,6 +45,20 @@ fn same_object(a: &VaultPolicy, b: &VaultPolicy) -> bool {
     a.namespace() == b.namespace() && a.name_any() == b.name_any()
 }
 
+/// A cheap, allocation-free pre-check of `o.vault_name() == vault_name`: false only when
+/// the names surely differ.
+fn may_claim(o: &VaultPolicy, vault_name: &str) -> bool {
+    match (&o.spec.name, &o.metadata.namespace, &o.metadata.name) {
+        (Some(n), _, _) => n == vault_name,
+        // The default name is `<namespace>.<name>` ASCII-lower-cased: its length is
+        // known without building it.
+        (None, ns, Some(name)) => {
+            ns.as_deref().unwrap_or("default").len() + 1 + name.len() == vault_name.len()
+        }
+        (None, _, None) => true,
+    }
+}
+
 /// Every policy among `all` (plus `me` when the store does not hold it yet) that claims
 /// the same Vault policy name through the same connection, in claim order: oldest
 /// `creationTimestamp` first, then namespace, then name. The first one owns the name.
@@ -54,8 +68,12 @@ pub fn claimants<'a>(
 ) -> Vec<&'a VaultPolicy> {
     let key = connection_key(me);
     let vault_name = me.vault_name();
+    // This runs over every cached policy on every reconcile: compare the Vault name
+    // first, without allocating, so a resync of N policies is not N² allocations
+    // (hack/bench scenario 5: 6.7 ms per reconcile at 10,000 policies before).
     let mut list: Vec<&VaultPolicy> = all
         .into_iter()
+        .filter(|o| may_claim(o, &vault_name))
         .filter(|o| !same_object(o, me))
         .filter(|o| o.vault_name() == vault_name && connection_key(o) == key)
         .collect();
