@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod crds;
-pub mod logging;
 pub mod dynamic;
+pub mod logging;
 pub mod manifests;
 pub mod offline;
-pub mod run;
 pub mod rotation;
+pub mod run;
 
 /// Declarative HashiCorp Vault / OpenBao for Kubernetes.
 #[derive(Parser, Debug)]

@@ -119,12 +119,15 @@ fn env_connection() -> anyhow::Result<Option<(ConnectionConfig, Credentials)>> {
     Ok(Some((config, Credentials::Token(SecretString::new(token)))))
 }
 
+/// A connection's kind, namespace (None when cluster-scoped) and name.
+type ConnKey = (ConnectionKind, Option<String>, String);
+
 /// Picks the session for each resource and remembers which connection it came from.
 struct Connections {
     cache: SessionCache,
     resolver: ManifestResolver,
     env: Option<(ConnectionConfig, Credentials)>,
-    specs: HashMap<(ConnectionKind, Option<String>, String), (VaultConnectionSpec, Option<String>)>,
+    specs: HashMap<ConnKey, (VaultConnectionSpec, Option<String>)>,
     notes: Vec<String>,
 }
 

@@ -27,7 +27,11 @@ fn a_new_reconcile_at_value_passes_the_predicate() {
         .as_mut()
         .unwrap()
         .insert(RECONCILE_AT.to_string(), "1733338060".to_string());
-    assert_ne!(policy_predicate(&again), first, "a new value triggers again");
+    assert_ne!(
+        policy_predicate(&again),
+        first,
+        "a new value triggers again"
+    );
 
     let mut other = annotated.clone();
     other
@@ -36,10 +40,18 @@ fn a_new_reconcile_at_value_passes_the_predicate() {
         .as_mut()
         .unwrap()
         .insert("example.com/note".to_string(), "x".to_string());
-    assert_eq!(policy_predicate(&other), first, "unrelated annotations do not");
+    assert_eq!(
+        policy_predicate(&other),
+        first,
+        "unrelated annotations do not"
+    );
 
     let mut status_only = annotated.clone();
     status_only.status = Some(Default::default());
-    assert_eq!(policy_predicate(&status_only), first, "status changes do not");
+    assert_eq!(
+        policy_predicate(&status_only),
+        first,
+        "status changes do not"
+    );
     assert_eq!(RECONCILE_AT, "vault.certus.io/reconcile-at");
 }

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certus_api::{VaultConnection, VaultPolicy};
+use certus_api::VaultPolicy;
 use certus_controller::testing::{policy, PolicyExt};
 use certus_controller::RunOptions;
 use certus_vault_client::{ConnectionConfig, Credentials, SecretString, VaultSession};
@@ -107,7 +107,8 @@ async fn serve(
                     {
                         Some(c) => {
                             let mut v = serde_json::to_value(&c).unwrap();
-                            v["status"] = json!({"conditions": [{"type": "Established", "status": "True"}]});
+                            v["status"] =
+                                json!({"conditions": [{"type": "Established", "status": "True"}]});
                             v
                         }
                         None => {
@@ -286,9 +287,17 @@ async fn run_waits_for_crds_reconciles_and_shuts_down_gracefully() {
         );
         // At least: 3 kinds for their controllers + 2 connection kinds re-triggering
         // policies (the other controllers add their own connection watches).
-        assert!(s.watches >= 5, "watches on policies/connections: {}", s.watches);
+        assert!(
+            s.watches >= 5,
+            "watches on policies/connections: {}",
+            s.watches
+        );
         // Every other kind's controller started its watches too.
-        assert!(s.other_watches >= 7, "watches on the other kinds: {}", s.other_watches);
+        assert!(
+            s.other_watches >= 7,
+            "watches on the other kinds: {}",
+            s.other_watches
+        );
         assert!(
             s.events
                 .contains(&("Created".to_string(), "VaultPolicy".to_string())),

@@ -14,7 +14,7 @@ pub mod object;
 pub mod policy;
 pub mod role;
 pub mod rotation;
-pub mod ttl;
 pub mod template;
+pub mod ttl;
 
 pub use change::{Action, Change, ResourceId};

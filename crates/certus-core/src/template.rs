@@ -35,12 +35,24 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -53,7 +65,9 @@ pub fn render(template: &str, fields: &BTreeMap<String, String>) -> Result<Strin
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or(TemplateError::Unclosed(offset + start))?;
+        let end = after
+            .find("}}")
+            .ok_or(TemplateError::Unclosed(offset + start))?;
         let expr = after[..end].trim();
         if expr.is_empty() {
             return Err(TemplateError::Empty);
@@ -91,7 +105,9 @@ pub fn check(template: &str) -> Result<(), TemplateError> {
     let mut offset = 0;
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or(TemplateError::Unclosed(offset + start))?;
+        let end = after
+            .find("}}")
+            .ok_or(TemplateError::Unclosed(offset + start))?;
         let expr = after[..end].trim();
         if expr.is_empty() {
             return Err(TemplateError::Empty);
@@ -130,28 +146,50 @@ mod tests {
     use super::*;
 
     fn fields() -> BTreeMap<String, String> {
-        [("username", "v-app-x"), ("password", "p@ss:w/rd")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        [("username", "v-app-x"), ("password", "p@ss:w/rd")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn renders_fields_and_filters() {
         assert_eq!(render("{{ username }}", &fields()).unwrap(), "v-app-x");
         assert_eq!(
-            render("postgresql://{{ username | urlquery }}:{{ .password | urlquery }}@db:5432/app", &fields()).unwrap(),
+            render(
+                "postgresql://{{ username | urlquery }}:{{ .password | urlquery }}@db:5432/app",
+                &fields()
+            )
+            .unwrap(),
             "postgresql://v-app-x:p%40ss%3Aw%2Frd@db:5432/app"
         );
-        assert_eq!(render("{{username|base64}}", &fields()).unwrap(), "di1hcHAteA==");
-        assert_eq!(render("{{ password | json }}", &fields()).unwrap(), "\"p@ss:w/rd\"");
+        assert_eq!(
+            render("{{username|base64}}", &fields()).unwrap(),
+            "di1hcHAteA=="
+        );
+        assert_eq!(
+            render("{{ password | json }}", &fields()).unwrap(),
+            "\"p@ss:w/rd\""
+        );
         assert_eq!(render("plain", &fields()).unwrap(), "plain");
     }
 
     #[test]
     fn errors_name_the_problem_without_values() {
         let e = render("{{ user }}", &fields()).unwrap_err();
-        assert_eq!(e.to_string(), "unknown field \"user\" (available: password, username)");
+        assert_eq!(
+            e.to_string(),
+            "unknown field \"user\" (available: password, username)"
+        );
         assert!(!e.to_string().contains("p@ss"));
-        assert_eq!(render("{{ username | upper }}", &fields()).unwrap_err(), TemplateError::UnknownFilter("upper".into()));
-        assert_eq!(render("a {{ username", &fields()).unwrap_err(), TemplateError::Unclosed(2));
+        assert_eq!(
+            render("{{ username | upper }}", &fields()).unwrap_err(),
+            TemplateError::UnknownFilter("upper".into())
+        );
+        assert_eq!(
+            render("a {{ username", &fields()).unwrap_err(),
+            TemplateError::Unclosed(2)
+        );
         assert!(check("{{ x | urlquery }}").is_ok());
         assert!(check("{{ x | nope }}").is_err());
         assert!(check("{{ }}").is_err());
@@ -159,7 +197,15 @@ mod tests {
 
     #[test]
     fn base64_matches_reference_vectors() {
-        for (input, expect) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (input, expect) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(input.as_bytes()), expect);
         }
     }

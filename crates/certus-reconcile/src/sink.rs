@@ -54,25 +54,43 @@ pub struct LiveSecret {
 
 impl std::fmt::Debug for LiveSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveSecret").field("type", &self.type_).field("keys", &self.data.keys().collect::<Vec<_>>()).field("annotations", &self.annotations).finish()
+        f.debug_struct("LiveSecret")
+            .field("type", &self.type_)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("annotations", &self.annotations)
+            .finish()
     }
 }
 
 /// Reads and writes projected Secrets.
 pub trait SecretStore: Send + Sync {
     /// The Secret, or `None` when it does not exist.
-    fn get(&self, namespace: &str, name: &str) -> impl Future<Output = Result<Option<LiveSecret>, ReconcileError>> + Send;
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LiveSecret>, ReconcileError>> + Send;
     /// Creates or replaces the Secret with exactly this content.
-    fn apply(&self, draft: &SecretDraft) -> impl Future<Output = Result<(), ReconcileError>> + Send;
+    fn apply(&self, draft: &SecretDraft)
+        -> impl Future<Output = Result<(), ReconcileError>> + Send;
     /// Deletes the Secret; absent is success.
-    fn delete(&self, namespace: &str, name: &str) -> impl Future<Output = Result<(), ReconcileError>> + Send;
+    fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send;
 }
 
 /// Rolls out workloads whose configuration changed.
 pub trait Restarter: Send + Sync {
     /// Restarts the targets in `namespace`, stamping `stamp` into the pod template, and
     /// returns `Kind/name` of each workload restarted.
-    fn restart(&self, namespace: &str, targets: &[RolloutTarget], stamp: &str) -> impl Future<Output = Result<Vec<String>, ReconcileError>> + Send;
+    fn restart(
+        &self,
+        namespace: &str,
+        targets: &[RolloutTarget],
+        stamp: &str,
+    ) -> impl Future<Output = Result<Vec<String>, ReconcileError>> + Send;
 }
 
 /// Secrets kept in memory (tests, benchmarks).
@@ -98,16 +116,32 @@ impl MemorySecretStore {
 
 impl SecretStore for MemorySecretStore {
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<LiveSecret>, ReconcileError> {
-        Ok(self.secrets.lock().unwrap().get(&(namespace.to_string(), name.to_string())).cloned())
+        Ok(self
+            .secrets
+            .lock()
+            .unwrap()
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned())
     }
     async fn apply(&self, d: &SecretDraft) -> Result<(), ReconcileError> {
         *self.writes.lock().unwrap() += 1;
-        let live = LiveSecret { type_: d.type_.clone(), labels: d.labels.clone(), annotations: d.annotations.clone(), data: d.data.clone() };
-        self.secrets.lock().unwrap().insert((d.namespace.clone(), d.name.clone()), live);
+        let live = LiveSecret {
+            type_: d.type_.clone(),
+            labels: d.labels.clone(),
+            annotations: d.annotations.clone(),
+            data: d.data.clone(),
+        };
+        self.secrets
+            .lock()
+            .unwrap()
+            .insert((d.namespace.clone(), d.name.clone()), live);
         Ok(())
     }
     async fn delete(&self, namespace: &str, name: &str) -> Result<(), ReconcileError> {
-        self.secrets.lock().unwrap().remove(&(namespace.to_string(), name.to_string()));
+        self.secrets
+            .lock()
+            .unwrap()
+            .remove(&(namespace.to_string(), name.to_string()));
         Ok(())
     }
 }
@@ -119,15 +153,28 @@ pub struct RecordingRestarter {
 }
 
 impl Restarter for RecordingRestarter {
-    async fn restart(&self, namespace: &str, targets: &[RolloutTarget], stamp: &str) -> Result<Vec<String>, ReconcileError> {
+    async fn restart(
+        &self,
+        namespace: &str,
+        targets: &[RolloutTarget],
+        stamp: &str,
+    ) -> Result<Vec<String>, ReconcileError> {
         let mut out = vec![];
         for t in targets {
             let what = match (&t.name, &t.selector) {
                 (Some(n), _) => format!("{:?}/{n}", t.kind),
-                (None, Some(sel)) => format!("{:?} with labels {:?}", t.kind, sel.match_labels.clone().unwrap_or_default()),
+                (None, Some(sel)) => format!(
+                    "{:?} with labels {:?}",
+                    t.kind,
+                    sel.match_labels.clone().unwrap_or_default()
+                ),
                 (None, None) => continue,
             };
-            self.restarts.lock().unwrap().push((namespace.to_string(), what.clone(), stamp.to_string()));
+            self.restarts.lock().unwrap().push((
+                namespace.to_string(),
+                what.clone(),
+                stamp.to_string(),
+            ));
             out.push(what);
         }
         Ok(out)

@@ -227,7 +227,10 @@ mod tests {
 
     #[test]
     fn vault_multi_error_text_becomes_one_line() {
-        assert_eq!(tidy("1 error occurred:\n\t* permission denied\n\n"), "permission denied");
+        assert_eq!(
+            tidy("1 error occurred:\n\t* permission denied\n\n"),
+            "permission denied"
+        );
         assert_eq!(tidy("2 errors occurred:\n\t* a\n\t* b\n"), "a; b");
         assert_eq!(tidy("plain"), "plain");
     }

@@ -711,12 +711,25 @@ impl VaultSession {
     /// `sys/policy/<name>`), so the operator's own Vault policy needs capabilities on
     /// `sys/policies/acl/*` only.
     pub async fn policy_read(&self, name: &str) -> Result<Option<String>, VaultError> {
-        Ok(self.read(&format!("sys/policies/acl/{name}")).await?.and_then(|v| v.pointer("/data/policy").and_then(Value::as_str).map(str::to_string)))
+        Ok(self
+            .read(&format!("sys/policies/acl/{name}"))
+            .await?
+            .and_then(|v| {
+                v.pointer("/data/policy")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }))
     }
 
     /// Creates or replaces an ACL policy.
     pub async fn policy_write(&self, name: &str, text: &str) -> Result<(), VaultError> {
-        self.request(Method::PUT, &format!("sys/policies/acl/{name}"), Some(&serde_json::json!({ "policy": text }))).await.map(|_| ())
+        self.request(
+            Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            Some(&serde_json::json!({ "policy": text })),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Deletes an ACL policy; absent is success.

@@ -5,33 +5,72 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certus_vault_client::{ConnectionConfig, Credentials, ErrorClass, SecretString, SessionCache, VaultSession};
+use certus_vault_client::{
+    ConnectionConfig, Credentials, ErrorClass, SecretString, SessionCache, VaultSession,
+};
 use serde_json::json;
 
 fn env() -> (String, String) {
     let addr = std::env::var("VAULT_ADDR").expect("VAULT_ADDR is not set: run `hack/services-up.sh && . .hack/env` (these tests need a real OpenBao)");
-    let token = std::env::var("VAULT_TOKEN").expect("VAULT_TOKEN is not set: run `hack/services-up.sh && . .hack/env`");
+    let token = std::env::var("VAULT_TOKEN")
+        .expect("VAULT_TOKEN is not set: run `hack/services-up.sh && . .hack/env`");
     (addr, token)
 }
 
 async fn root() -> Arc<VaultSession> {
     let (addr, token) = env();
-    VaultSession::connect(ConnectionConfig::new(addr), Credentials::Token(SecretString::new(token))).await.unwrap()
+    VaultSession::connect(
+        ConnectionConfig::new(addr),
+        Credentials::Token(SecretString::new(token)),
+    )
+    .await
+    .unwrap()
 }
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{prefix}{}x{nanos}", std::process::id())
 }
 
 /// Creates an AppRole mount + role with the given token settings and returns credentials.
-async fn approle(root: &VaultSession, policies: &[&str], token_ttl: &str, token_max_ttl: &str) -> (String, Credentials) {
+async fn approle(
+    root: &VaultSession,
+    policies: &[&str],
+    token_ttl: &str,
+    token_max_ttl: &str,
+) -> (String, Credentials) {
     let mount = unique("ar");
-    root.write(&format!("sys/auth/{mount}"), &json!({"type": "approle"})).await.unwrap();
+    root.write(&format!("sys/auth/{mount}"), &json!({"type": "approle"}))
+        .await
+        .unwrap();
     root.write(&format!("auth/{mount}/role/r"), &json!({"token_policies": policies, "token_ttl": token_ttl, "token_max_ttl": token_max_ttl})).await.unwrap();
-    let role_id = root.read(&format!("auth/{mount}/role/r/role-id")).await.unwrap().unwrap()["data"]["role_id"].as_str().unwrap().to_string();
-    let secret_id = root.write(&format!("auth/{mount}/role/r/secret-id"), &json!({})).await.unwrap().unwrap()["data"]["secret_id"].as_str().unwrap().to_string();
-    (mount.clone(), Credentials::AppRole { mount, role_id, secret_id: SecretString::new(secret_id) })
+    let role_id = root
+        .read(&format!("auth/{mount}/role/r/role-id"))
+        .await
+        .unwrap()
+        .unwrap()["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id = root
+        .write(&format!("auth/{mount}/role/r/secret-id"), &json!({}))
+        .await
+        .unwrap()
+        .unwrap()["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (
+        mount.clone(),
+        Credentials::AppRole {
+            mount,
+            role_id,
+            secret_id: SecretString::new(secret_id),
+        },
+    )
 }
 
 async fn reader_policy(root: &VaultSession) -> String {
@@ -47,8 +86,14 @@ async fn many_concurrent_requests_share_one_login() {
     let (mount, creds) = approle(&root, &[&policy], "10m", "1h").await;
     let cache = SessionCache::new();
     let (addr, _) = env();
-    let s = cache.get(ConnectionConfig::new(&addr), creds.clone()).await.unwrap();
-    let again = cache.get(ConnectionConfig::new(&addr), creds).await.unwrap();
+    let s = cache
+        .get(ConnectionConfig::new(&addr), creds.clone())
+        .await
+        .unwrap();
+    let again = cache
+        .get(ConnectionConfig::new(&addr), creds)
+        .await
+        .unwrap();
     assert!(Arc::ptr_eq(&s, &again), "one session per identity");
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -63,8 +108,12 @@ async fn many_concurrent_requests_share_one_login() {
     let stats = cache.stats().snapshot();
     assert_eq!(stats.logins, 1, "{stats:?}");
     assert_eq!(stats.reads, 50);
-    root.write(&format!("sys/auth/{mount}"), &json!({})).await.ok();
-    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None).await.unwrap();
+    root.write(&format!("sys/auth/{mount}"), &json!({}))
+        .await
+        .ok();
+    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -73,7 +122,9 @@ async fn token_is_renewed_before_it_expires() {
     let policy = reader_policy(&root).await;
     let (mount, creds) = approle(&root, &[&policy], "6s", "10m").await;
     let (addr, _) = env();
-    let s = VaultSession::connect(ConnectionConfig::new(addr), creds).await.unwrap();
+    let s = VaultSession::connect(ConnectionConfig::new(addr), creds)
+        .await
+        .unwrap();
     assert!(s.policy_read(&policy).await.unwrap().is_some());
     // Past two thirds of the 6s TTL but before expiry: the next request renews first.
     tokio::time::sleep(Duration::from_millis(4500)).await;
@@ -84,7 +135,9 @@ async fn token_is_renewed_before_it_expires() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(s.policy_read(&policy).await.unwrap().is_some());
     assert_eq!(s.stats().snapshot().logins, 1);
-    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None).await.unwrap();
+    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -93,7 +146,9 @@ async fn revoked_token_is_replaced_once_and_denied_paths_do_not_loop() {
     let policy = reader_policy(&root).await;
     let (mount, creds) = approle(&root, &[&policy], "10m", "1h").await;
     let (addr, _) = env();
-    let s = VaultSession::connect(ConnectionConfig::new(addr), creds).await.unwrap();
+    let s = VaultSession::connect(ConnectionConfig::new(addr), creds)
+        .await
+        .unwrap();
     assert!(s.policy_read(&policy).await.unwrap().is_some());
     // Someone revokes our token: the next request gets 403, logs in again once, succeeds.
     s.write("auth/token/revoke-self", &json!({})).await.unwrap();
@@ -102,8 +157,14 @@ async fn revoked_token_is_replaced_once_and_denied_paths_do_not_loop() {
     // A path the role may not read: one re-login, one retry, then a permission error.
     let err = s.read("sys/mounts").await.unwrap_err();
     assert_eq!(err.class, ErrorClass::PermissionDenied, "{err}");
-    assert_eq!(s.stats().snapshot().logins, 3, "exactly one extra login, not a loop");
-    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None).await.unwrap();
+    assert_eq!(
+        s.stats().snapshot().logins,
+        3,
+        "exactly one extra login, not a loop"
+    );
+    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -112,38 +173,80 @@ async fn revoke_on_shutdown_invalidates_the_login_token() {
     let policy = reader_policy(&root).await;
     let (mount, creds) = approle(&root, &[&policy], "10m", "1h").await;
     let (addr, _) = env();
-    let s = VaultSession::connect(ConnectionConfig::new(addr), creds).await.unwrap();
+    let s = VaultSession::connect(ConnectionConfig::new(addr), creds)
+        .await
+        .unwrap();
     root.policy_write(&policy, "path \"sys/policies/acl/*\" { capabilities = [\"read\"] }\npath \"auth/token/lookup-self\" { capabilities = [\"read\"] }").await.unwrap();
     let info = s.token_info().await.unwrap();
     assert!(info.policies.contains(&policy), "{info:?}");
-    let lookup = root.write("auth/token/lookup-accessor", &json!({"accessor": info.accessor})).await;
+    let lookup = root
+        .write(
+            "auth/token/lookup-accessor",
+            &json!({"accessor": info.accessor}),
+        )
+        .await;
     assert!(lookup.is_ok());
     s.revoke().await.unwrap();
-    let gone = root.write("auth/token/lookup-accessor", &json!({"accessor": info.accessor})).await;
+    let gone = root
+        .write(
+            "auth/token/lookup-accessor",
+            &json!({"accessor": info.accessor}),
+        )
+        .await;
     assert!(gone.is_err(), "token still alive after revoke: {gone:?}");
-    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None).await.unwrap();
+    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn static_token_is_never_revoked_and_errors_are_classified() {
     let s = root().await;
-    assert!(s.read("secret/data/does-not-exist-certus").await.unwrap().is_none());
-    let invalid = s.write("sys/mounts/certus-bad-mount", &json!({"type": "no-such-engine-type"})).await.unwrap_err();
-    assert!(matches!(invalid.class, ErrorClass::InvalidRequest | ErrorClass::Transient), "{invalid}");
+    assert!(s
+        .read("secret/data/does-not-exist-certus")
+        .await
+        .unwrap()
+        .is_none());
+    let invalid = s
+        .write(
+            "sys/mounts/certus-bad-mount",
+            &json!({"type": "no-such-engine-type"}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            invalid.class,
+            ErrorClass::InvalidRequest | ErrorClass::Transient
+        ),
+        "{invalid}"
+    );
     s.revoke().await.unwrap();
     // Still usable: a token given by the user is not ours to revoke.
-    assert!(s.token_info().await.unwrap().policies.contains(&"root".to_string()));
+    assert!(s
+        .token_info()
+        .await
+        .unwrap()
+        .policies
+        .contains(&"root".to_string()));
     let h = s.health().await.unwrap();
     assert!(h.initialized && !h.sealed && !h.version.is_empty(), "{h:?}");
 
     let mut cfg = ConnectionConfig::new("http://127.0.0.1:1");
     cfg.timeout = Duration::from_secs(2);
-    let dead = VaultSession::connect(cfg, Credentials::Token(SecretString::new("x"))).await.unwrap();
+    let dead = VaultSession::connect(cfg, Credentials::Token(SecretString::new("x")))
+        .await
+        .unwrap();
     let e = dead.read("sys/mounts").await.unwrap_err();
     assert_eq!(e.class, ErrorClass::Transient, "{e}");
     assert!(!e.to_string().contains("X-Vault-Token"));
 
-    let bad = VaultSession::connect(ConnectionConfig::new(std::env::var("VAULT_ADDR").unwrap()), Credentials::Token(SecretString::new("not-a-token"))).await.unwrap();
+    let bad = VaultSession::connect(
+        ConnectionConfig::new(std::env::var("VAULT_ADDR").unwrap()),
+        Credentials::Token(SecretString::new("not-a-token")),
+    )
+    .await
+    .unwrap();
     let e = bad.read("sys/mounts").await.unwrap_err();
     assert_eq!(e.class, ErrorClass::PermissionDenied, "{e}");
     assert!(!e.to_string().contains("not-a-token"), "{e}");

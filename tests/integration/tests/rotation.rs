@@ -3,7 +3,7 @@
 //! role and root credential, a manual policy, AppRole SecretIDs, Vault password policies.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certus_api::{rotation_annotations as rann, RotationPolicy, StaticSecret};
@@ -247,6 +247,38 @@ impl MeetingRng {
             self.met = true;
             self.barrier.wait();
         }
+    }
+}
+
+/// A two-party meeting point that gives up after a timeout, so a run where one side
+/// never generates a value fails on its assertions instead of hanging the suite.
+struct Barrier {
+    state: std::sync::Mutex<usize>,
+    cv: std::sync::Condvar,
+    parties: usize,
+}
+
+impl Barrier {
+    fn new(parties: usize) -> Self {
+        Barrier {
+            state: std::sync::Mutex::new(0),
+            cv: std::sync::Condvar::new(),
+            parties,
+        }
+    }
+    fn wait(&self) {
+        let mut arrived = self.state.lock().unwrap();
+        *arrived += 1;
+        if *arrived >= self.parties {
+            self.cv.notify_all();
+            return;
+        }
+        let _ = self
+            .cv
+            .wait_timeout_while(arrived, std::time::Duration::from_secs(15), |n| {
+                *n < self.parties
+            })
+            .unwrap();
     }
 }
 
