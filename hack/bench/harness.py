@@ -893,7 +893,7 @@ def main():
     ap.add_argument("--dyn-grace", default="10s")
     ap.add_argument("--dyn-duration", type=float, default=45)
     ap.add_argument("--checker-rate", type=float, default=1.0)
-    ap.add_argument("--checker-workers", type=int, default=8)
+    ap.add_argument("--checker-workers", type=int, default=16)
     ap.add_argument("--scale", default="1000,5000,10000")
     ap.add_argument("--scale-sample", type=int, default=200)
     ap.add_argument("--audit-lines", type=int, default=100000)
