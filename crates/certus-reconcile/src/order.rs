@@ -159,10 +159,15 @@ pub async fn apply_all<R: Resolver>(
 }
 
 /// Names listed under `dir` (lower-cased), or `None` when the list is not allowed or
-/// fails (the pipelines then read each object, as without the list).
+/// fails (the pipelines then read each object, as without the list). A token without
+/// `list` there does not log in again for it (one login per identity).
 async fn list_names(vault: &VaultSession, dir: &str) -> Option<HashSet<String>> {
-    match vault.list(dir).await {
-        Ok(keys) => Some(keys.into_iter().map(|k| k.to_ascii_lowercase()).collect()),
+    match vault.list_if_allowed(dir).await {
+        Ok(Some(keys)) => Some(keys.into_iter().map(|k| k.to_ascii_lowercase()).collect()),
+        Ok(None) => {
+            tracing::debug!(dir, "not allowed to list; reading objects one by one");
+            None
+        }
         Err(e) => {
             tracing::debug!(dir, error = %e, "listing failed; reading objects one by one");
             None

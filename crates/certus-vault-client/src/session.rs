@@ -541,6 +541,17 @@ impl VaultSession {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>, VaultError> {
+        self.send(method, path, body, true).await
+    }
+
+    /// [`request`](Self::request); `relogin: false` returns a permission error as is.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        relogin: bool,
+    ) -> Result<Option<Value>, VaultError> {
         let path = path.trim_start_matches('/');
         let operation = format!("{} {path}", method.as_str());
         let write = !matches!(method.as_str(), "GET" | "LIST" | "HEAD");
@@ -604,6 +615,7 @@ impl VaultSession {
                 msg,
             );
             if err.class == ErrorClass::PermissionDenied
+                && relogin
                 && !retried
                 && self.credentials.can_relogin()
             {
@@ -612,6 +624,25 @@ impl VaultSession {
                 continue;
             }
             return Err(err);
+        }
+    }
+
+    /// Lists the keys under a path when the token may: `Ok(None)` on a permission error,
+    /// which — unlike other requests — does not log in again. For optional bulk reads
+    /// (`certus_reconcile::order`): a policy without `list` is normal, and the caller then
+    /// reads objects one by one. A 404 is an empty list.
+    pub async fn list_if_allowed(&self, path: &str) -> Result<Option<Vec<String>>, VaultError> {
+        let method = Method::from_bytes(b"LIST").expect("LIST is a valid method");
+        match self.send(method, path, None, false).await {
+            Ok(Some(v)) => Ok(Some(
+                v.pointer("/data/keys")
+                    .and_then(|k| serde_json::from_value(k.clone()).ok())
+                    .unwrap_or_default(),
+            )),
+            Ok(None) => Ok(Some(vec![])),
+            Err(e) if e.is_not_found() => Ok(Some(vec![])),
+            Err(e) if e.class == ErrorClass::PermissionDenied => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
