@@ -475,12 +475,20 @@ def scenario_3(args, svc, work, results):
     n, c = args.n, args.concurrency
     env = svc.contender_env()
     out = {}
-    for variant in ("approle", "token"):
+    for variant in ("approle", "approle-nolist", "token"):
         v = svc.fresh_vault()
         prepare_vault_for_roles(v)
-        if variant == "approle":
-            v.call("POST", "sys/policies/acl/bench-operator",
-                   {"policy": 'path "*" {\n  capabilities = ["create", "read", "update", "delete", "list", "sudo"]\n}\n'})
+        if variant.startswith("approle"):
+            if variant == "approle":
+                policy = 'path "*" {\n  capabilities = ["create", "read", "update", "delete", "list", "sudo"]\n}\n'
+            else:
+                # Least privilege without `list`: the bulk LISTs are refused, and must not
+                # cost a login each; certus-vault falls back to reading objects.
+                policy = ('path "sys/policies/acl/*" { capabilities = ["create", "read", "update", "delete"] }\n'
+                          'path "auth/kubernetes/role/*" { capabilities = ["create", "read", "update", "delete"] }\n'
+                          'path "sys/auth" { capabilities = ["read"] }\n'
+                          'path "auth/token/lookup-self" { capabilities = ["read"] }\n')
+            v.call("POST", "sys/policies/acl/bench-operator", {"policy": policy})
             v.call("POST", "sys/auth/approle", {"type": "approle"})
             v.call("POST", "auth/approle/role/certus-bench",
                    {"token_policies": ["bench-operator"], "token_ttl": "1h"})
