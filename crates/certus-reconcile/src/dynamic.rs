@@ -612,14 +612,33 @@ async fn call(vault: &VaultSession, c: &lease::VaultCall) -> Result<Option<Value
 }
 
 /// Revokes one credential; absent, expired or already revoked counts as success.
+///
+/// What "absent" looks like differs by kind, and nothing else is taken as success:
+/// OpenBao answers 204 for an unknown or expired lease and 200 (with a warning) for an
+/// unknown token accessor or an expired certificate, but 400 for a lease whose
+/// revocation failed (a database revocation statement that errors, say) — that lease
+/// and its database user still exist, so it is an error the caller must retry, never
+/// "already revoked". Only a 404 (the mount or path is gone) and a PKI "not found" for
+/// the serial (the certificate was tidied away) count as gone.
 pub async fn revoke(vault: &VaultSession, l: &LeaseRef) -> Result<(), VaultError> {
     let Some(c) = l.revoke_call() else {
         return Ok(());
     };
     match call(vault, &c).await {
         Ok(_) => Ok(()),
-        Err(e) if refused(&e) => Ok(()),
+        Err(e) if revocation_target_gone(l, &e) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether a refused revocation means there is nothing left to revoke (see [`revoke`]).
+fn revocation_target_gone(l: &LeaseRef, e: &VaultError) -> bool {
+    match e.class {
+        ErrorClass::NotFound => true,
+        ErrorClass::InvalidRequest => {
+            matches!(l, LeaseRef::Certificate { .. }) && e.message.contains("not found")
+        }
+        _ => false,
     }
 }
 
@@ -1365,11 +1384,27 @@ pub async fn revoke_everything<S: SecretStore>(
             leases.push(l);
         }
     }
+    // Every credential is tried, so one failure does not keep the others alive; on
+    // any failure the Secret (which holds the lease state) stays for the retry, and
+    // revoking again what was revoked is a no-op.
+    let mut first_error = None;
     for l in leases {
-        revoke(vault, &l).await?;
-        if l != LeaseRef::None {
-            out.revoked += 1;
+        match revoke(vault, &l).await {
+            Ok(()) if l != LeaseRef::None => out.revoked += 1,
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(
+                    kind = l.kind(),
+                    id = l.id_hash().unwrap_or_default(),
+                    error = %e,
+                    "revoking a credential failed"
+                );
+                first_error.get_or_insert(e);
+            }
         }
+    }
+    if let Some(e) = first_error {
+        return Err(e.into());
     }
     store.delete(&v.namespace, &v.secret_name).await?;
     memory.forget(&v);

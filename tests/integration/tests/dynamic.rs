@@ -1101,3 +1101,62 @@ async fn a_secret_deleted_while_the_operator_was_down_is_reissued_and_the_old_le
     assert!(leases(&raw, &prefix_path).await.is_empty());
     raw.unmount(&mount).await;
 }
+
+/// A revocation OpenBao refuses (here: the role's revocation statement fails, so the
+/// lease and the PostgreSQL user survive) is an error, not "already revoked": cleanup
+/// reports it, keeps the Secret that holds the lease state, and a retry after the fault
+/// is fixed revokes the credential. (Before, the 400 was taken as success and the lease
+/// and user were orphaned while the CLI printed "revoked".)
+#[tokio::test]
+async fn a_failed_revocation_is_an_error_and_the_retry_revokes_the_credential() {
+    let v = session().await;
+    let raw = Raw::new().await;
+    let p = prefix();
+    let mount = db_mount(&raw, &p, "5m", "1h").await;
+    let role = |revocation: &str| {
+        json!({"db_name": "pg",
+               "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+               "revocation_statements": [revocation],
+               "default_ttl": "5m", "max_ttl": "1h"})
+    };
+    raw.write(
+        &format!("{mount}/roles/app"),
+        role("SELECT certus_no_such_function('{{name}}');"),
+    )
+    .await;
+    let path = format!("{mount}/creds/app");
+    let obj = dc("unrevokable", json!({"path": path}));
+    let store = MemorySecretStore::new();
+    let memory = LeaseMemory::new();
+    run(&v, &obj, &store, &memory, Utc::now()).await;
+    let user = value(&store, "unrevokable", "username");
+    let password = value(&store, "unrevokable", "password");
+    assert_eq!(leases(&raw, &path).await.len(), 1);
+
+    let err = dynamic::cleanup(&v, &obj, &store, &memory)
+        .await
+        .expect_err("a refused revocation must not count as revoked");
+    let text = err.to_string();
+    assert!(text.contains("sys/leases/revoke"), "{text}");
+    assert!(!text.contains(&password), "no secret value in the error");
+    assert!(err.retryable(), "{err:?}");
+    assert!(
+        secret(&store, "unrevokable").is_some(),
+        "the Secret (the lease state) is kept for the retry"
+    );
+    assert_eq!(leases(&raw, &path).await.len(), 1, "the lease still exists");
+    assert!(pg_role_exists(&user).await);
+
+    // The fault is fixed; the finalizer's retry revokes it.
+    raw.write(
+        &format!("{mount}/roles/app"),
+        role("DROP ROLE IF EXISTS \"{{name}}\";"),
+    )
+    .await;
+    let c = dynamic::cleanup(&v, &obj, &store, &memory).await.unwrap();
+    assert_eq!((c.revoked, c.found_state), (1, true));
+    assert!(secret(&store, "unrevokable").is_none());
+    assert!(leases(&raw, &path).await.is_empty());
+    assert!(!pg_role_exists(&user).await);
+    raw.unmount(&mount).await;
+}
