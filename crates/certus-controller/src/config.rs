@@ -79,7 +79,7 @@ use crate::watch;
 
 /// Setting this annotation (to any new value, e.g. the current time) makes the operator
 /// reconcile the resource now instead of at its next periodic resync.
-pub const RECONCILE_AT_ANNOTATION: &str = "vault.certus.io/reconcile-at";
+pub use certus_api::annotations::RECONCILE_AT as RECONCILE_AT_ANNOTATION;
 
 /// One kind of Vault configuration resource handled by the generic controller.
 pub trait ConfigKind:

@@ -485,8 +485,10 @@ async fn cleanup(
     Ok(Action::await_change())
 }
 
-/// Which DynamicCredential updates trigger a reconcile: spec, finalizers, deletion and the
-/// `vault.certus.io/rotate-now` annotation; not the operator's own status writes.
+/// Which DynamicCredential updates trigger a reconcile: spec, finalizers, deletion, the
+/// `vault.certus.io/rotate-now` annotation (issue anew) and the
+/// `vault.certus.io/reconcile-at` annotation (reconcile now: renew if due, repair the
+/// Secret); not the operator's own status writes.
 pub fn predicate(d: &DynamicCredential) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -495,6 +497,7 @@ pub fn predicate(d: &DynamicCredential) -> Option<u64> {
         d.finalizers(),
         d.metadata.deletion_timestamp.is_some(),
         d.annotations().get(annotations::ROTATE_NOW),
+        d.annotations().get(annotations::RECONCILE_AT),
     )
         .hash(&mut h);
     Some(h.finish())
@@ -686,7 +689,13 @@ mod tests {
         assert_eq!(predicate(&d), a);
         d.metadata.annotations =
             Some([(annotations::ROTATE_NOW.to_string(), "1".to_string())].into());
-        assert_ne!(predicate(&d), a);
+        let b = predicate(&d);
+        assert_ne!(b, a);
+        d.metadata.annotations.as_mut().unwrap().insert(
+            annotations::RECONCILE_AT.to_string(),
+            "1733356800".to_string(),
+        );
+        assert_ne!(predicate(&d), b, "reconcile-at triggers a reconcile");
     }
 
     #[test]

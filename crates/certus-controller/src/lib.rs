@@ -92,12 +92,18 @@ pub fn policy_predicate(p: &VaultPolicy) -> Option<u64> {
     )))
 }
 
-/// Which connection updates trigger the connection controller: spec changes only (it
-/// re-checks on its own schedule; its status writes must not re-trigger it).
+/// Which connection updates trigger the connection controller: spec changes, deletion
+/// and the `vault.certus.io/reconcile-at` annotation (check the connection now, e.g.
+/// after fixing Vault); it re-checks on its own schedule, and its status writes must
+/// not re-trigger it.
 pub fn connection_predicate<K: Resource>(c: &K) -> Option<u64> {
     Some(hash_of((
         c.meta().generation,
         c.meta().deletion_timestamp.is_some(),
+        c.meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(certus_api::annotations::RECONCILE_AT)),
     )))
 }
 
@@ -396,4 +402,38 @@ pub async fn run(
     info!("controllers stopped; revoking the Vault tokens obtained by login");
     ctx.sessions.revoke_all().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_predicate_sees_spec_and_reconcile_at_not_status() {
+        let mut c: VaultConnection = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vault.certus.io/v1alpha1", "kind": "VaultConnection",
+            "metadata": {"name": "v", "namespace": "n", "generation": 1},
+            "spec": {"address": "http://127.0.0.1:8200",
+                     "auth": {"kubernetes": {"role": "r", "serviceAccountName": "sa"}}}
+        }))
+        .unwrap();
+        let a = connection_predicate(&c);
+        c.status = Some(Default::default());
+        assert_eq!(
+            connection_predicate(&c),
+            a,
+            "status writes do not re-trigger"
+        );
+        c.metadata.annotations = Some(
+            [(
+                certus_api::annotations::RECONCILE_AT.to_string(),
+                "1".to_string(),
+            )]
+            .into(),
+        );
+        let b = connection_predicate(&c);
+        assert_ne!(b, a, "reconcile-at re-checks now");
+        c.metadata.generation = Some(2);
+        assert_ne!(connection_predicate(&c), b, "a spec change re-checks");
+    }
 }

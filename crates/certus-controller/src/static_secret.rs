@@ -214,7 +214,7 @@ pub fn consumers_of(
 }
 
 /// `vault.certus.io/reconcile-at`: a new value forces a reconcile (e.g. a refresh now).
-pub const RECONCILE_AT: &str = "vault.certus.io/reconcile-at";
+pub use certus_api::annotations::RECONCILE_AT;
 
 /// Which StaticSecret updates trigger a reconcile: spec changes, deletion and the
 /// reconcile-at annotation; not the operator's own status writes.
