@@ -678,6 +678,7 @@ async fn prometheus_rule_references_metrics_that_exist() {
         external.into_iter().collect::<Vec<_>>(),
         [
             "certus_dynamic_credential_expiry_seconds",
+            "certus_dynamic_credential_renewal_overdue_seconds",
             "certus_rotation_due"
         ]
     );

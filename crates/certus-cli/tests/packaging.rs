@@ -1206,6 +1206,7 @@ fn helm_monitoring_objects() {
         .collect();
     for metric in [
         "certus_dynamic_credential_expiry_seconds",
+        "certus_dynamic_credential_renewal_overdue_seconds",
         "certus_rotation_due",
         "certus_controller_reconcile_failures_total",
         "certus_audit_rule_matches_total",

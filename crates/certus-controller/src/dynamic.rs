@@ -15,9 +15,11 @@
 //! with a Warning Event, and retries back off with jitter, never later than half the
 //! time left before the credential expires.
 //!
-//! Metrics (exact names; alerts use the first): `certus_dynamic_credential_expiry_seconds
+//! Metrics (exact names; alerts use the first two): `certus_dynamic_credential_expiry_seconds
 //! {namespace,name}` (computed at scrape time from the recorded expiry, so it keeps
-//! falling when renewals stop), `certus_dynamic_credential_renewals_total`,
+//! falling when renewals stop), `certus_dynamic_credential_renewal_overdue_seconds
+//! {namespace,name}` (how long the planned renewal or re-issue is overdue; 0 on
+//! schedule, whatever the TTL), `certus_dynamic_credential_renewals_total`,
 //! `certus_dynamic_credential_reissues_total`, `certus_dynamic_credential_revocations_total`
 //! and `certus_dynamic_credential_failures_total{class}`.
 
@@ -71,7 +73,16 @@ fn namespace_of(d: &DynamicCredential) -> String {
 }
 
 /// Expiry per `(namespace, name)`.
-type ExpiryMap = Arc<Mutex<HashMap<(String, String), DateTime<Utc>>>>;
+/// Per `(namespace, name)`: when the credential expires unless renewed, and when the
+/// operator planned its next renewal or re-issue. Both gauges are computed from it at
+/// scrape time, so they keep moving when reconciles stop.
+type ExpiryMap = Arc<Mutex<HashMap<(String, String), Tracked>>>;
+
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    expires: DateTime<Utc>,
+    next_action: Option<DateTime<Utc>>,
+}
 
 /// Labels of the failure counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,23 +114,35 @@ impl prometheus_client::collector::Collector for ExpiryCollector {
         use prometheus_client::metrics::gauge::ConstGauge;
         use prometheus_client::metrics::MetricType;
         let now = Utc::now();
-        let entries: Vec<((String, String), DateTime<Utc>)> = self
+        let entries: Vec<((String, String), Tracked)> = self
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
+        let secs = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
         let mut family = encoder.encode_descriptor(
             "certus_dynamic_credential_expiry_seconds",
             "Seconds until the credential a DynamicCredential projects expires unless renewed (negative once expired)",
             None,
             MetricType::Gauge,
         )?;
-        for ((namespace, name), expires) in entries {
+        for ((namespace, name), t) in &entries {
             let labels = [("namespace", namespace), ("name", name)];
-            let secs = (expires - now).num_milliseconds() as f64 / 1000.0;
-            ConstGauge::new(secs).encode(family.encode_family(&labels)?)?;
+            ConstGauge::new(secs(t.expires - now)).encode(family.encode_family(&labels)?)?;
+        }
+        drop(family);
+        let mut family = encoder.encode_descriptor(
+            "certus_dynamic_credential_renewal_overdue_seconds",
+            "Seconds since the planned renewal or re-issue of a DynamicCredential's credential passed without one succeeding (0 while on schedule)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((namespace, name), t) in &entries {
+            let labels = [("namespace", namespace), ("name", name)];
+            let overdue = t.next_action.map_or(0.0, |n| secs(now - n).max(0.0));
+            ConstGauge::new(overdue).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -167,8 +190,18 @@ impl DynamicMetrics {
         let key = (namespace.to_string(), name.to_string());
         let mut expiry = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
         match o.state.as_ref().and_then(|s| s.expires_at) {
-            Some(e) => {
-                expiry.insert(key, e);
+            Some(expires) => {
+                let next_action = match (o.schedule.renew_at, o.schedule.reissue_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                expiry.insert(
+                    key,
+                    Tracked {
+                        expires,
+                        next_action,
+                    },
+                );
             }
             None => {
                 expiry.remove(&key);
@@ -200,7 +233,7 @@ impl DynamicMetrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(namespace.to_string(), name.to_string()))
-            .map(|e| (*e - Utc::now()).num_seconds())
+            .map(|t| (t.expires - Utc::now()).num_seconds())
     }
 
     /// Current counter values: (renewals, reissues, revocations) (tests).
@@ -592,6 +625,40 @@ mod tests {
     }
 
     #[test]
+    fn overdue_gauge_is_zero_on_schedule_and_grows_once_the_planned_renewal_passes() {
+        let m = DynamicMetrics::default();
+        let mut on_time = outcome(Taken::Renewed, 60);
+        on_time.schedule.renew_at = Some(on_time.now + chrono::Duration::seconds(40));
+        on_time.schedule.reissue_at = Some(on_time.now + chrono::Duration::seconds(600));
+        m.observe("ns", "on-time", &on_time);
+        // A 20-second credential whose renewal was planned 90 s ago and never happened
+        // (every reconcile since failed, so nothing was observed).
+        let mut late = outcome(Taken::Renewed, -70);
+        late.schedule.renew_at = Some(late.now - chrono::Duration::seconds(90));
+        m.observe("ns", "late", &late);
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        let value = |name: &str| -> f64 {
+            let prefix =
+                format!("certus_dynamic_credential_renewal_overdue_seconds{{namespace=\"ns\",name=\"{name}\"}} ");
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("{prefix} missing:\n{out}"));
+            line[prefix.len()..].parse().unwrap()
+        };
+        assert_eq!(value("on-time"), 0.0);
+        let late = value("late");
+        assert!((90.0..100.0).contains(&late), "{late}");
+        m.forget("ns", "late");
+        let mut out2 = String::new();
+        prometheus_client::encoding::text::encode(&mut out2, &registry).unwrap();
+        assert!(!out2.contains("name=\"late\""), "{out2}");
+    }
+
+    #[test]
     fn metrics_count_and_expose_expiry_at_scrape_time() {
         let m = DynamicMetrics::default();
         m.observe("ns", "a", &outcome(Taken::Issued(IssueReason::Initial), 60));
@@ -611,6 +678,13 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         assert!(
             out.contains("certus_dynamic_credential_expiry_seconds{namespace=\"ns\",name=\"a\"} 2"),
+            "{out}"
+        );
+        // No planned action recorded: not overdue.
+        assert!(
+            out.contains(
+                "certus_dynamic_credential_renewal_overdue_seconds{namespace=\"ns\",name=\"a\"} 0"
+            ),
             "{out}"
         );
         assert!(
