@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
 use crate::error::{ErrorClass, VaultError};
+use crate::persist::{PersistedToken, TokenStore};
 use crate::secret::SecretString;
 use crate::stats::VaultStats;
 
@@ -187,6 +188,10 @@ pub struct VaultSession {
     stats: Arc<VaultStats>,
     /// Set once the token issued leases: revoking it would revoke them too.
     keep_token: AtomicBool,
+    /// Where the login token is saved, and under which key (see [`TokenStore`]).
+    persist: Option<(Arc<dyn TokenStore>, String)>,
+    /// Whether adopting a saved token was tried (once per process).
+    adopt_tried: AtomicBool,
 }
 
 impl std::fmt::Debug for VaultSession {
@@ -226,6 +231,15 @@ impl VaultSession {
         config: ConnectionConfig,
         credentials: Credentials,
         stats: Arc<VaultStats>,
+    ) -> Result<Arc<Self>, VaultError> {
+        Self::connect_inner(config, credentials, stats, None).await
+    }
+
+    async fn connect_inner(
+        config: ConnectionConfig,
+        credentials: Credentials,
+        stats: Arc<VaultStats>,
+        persist: Option<(Arc<dyn TokenStore>, String)>,
     ) -> Result<Arc<Self>, VaultError> {
         install_crypto_provider();
         let url = reqwest::Url::parse(&config.address).map_err(|e| {
@@ -285,6 +299,8 @@ impl VaultSession {
             .build()
             .map_err(|e| VaultError::from_reqwest("build client", e))?;
         let base = base_url.as_str().trim_end_matches('/').to_string();
+        // Only tokens obtained by login are saved (a given token is the user's).
+        let credentials_can_relogin = credentials.can_relogin();
         Ok(Arc::new(VaultSession {
             config,
             credentials,
@@ -294,6 +310,8 @@ impl VaultSession {
             login_lock: Mutex::new(()),
             stats,
             keep_token: AtomicBool::new(false),
+            persist: persist.filter(|_| credentials_can_relogin),
+            adopt_tried: AtomicBool::new(false),
         }))
     }
 
@@ -374,9 +392,82 @@ impl VaultSession {
                 return Err(VaultError::new(ErrorClass::PermissionDenied, "token", None, "the configured Vault token has expired and is not renewable; store a new token in the Secret"));
             }
         }
+        if existing.is_none() && !self.adopt_tried.swap(true, Ordering::Relaxed) {
+            if let Some(adopted) = self.adopt().await {
+                *self.token.write().await = Some(adopted.clone());
+                return Ok(adopted);
+            }
+        }
         let new = self.login().await?;
+        self.save(&new).await;
         *self.token.write().await = Some(new.clone());
         Ok(new)
+    }
+
+    /// The least time left for a saved token to be worth adopting.
+    const MIN_ADOPT_TTL: u64 = 10;
+
+    /// Adopts the token a previous process saved for this identity, when Vault still
+    /// accepts it with the saved accessor and it has time left. Anything else (nothing
+    /// saved, store unreachable, token revoked or expired) means a normal login.
+    async fn adopt(&self) -> Option<TokenState> {
+        let (store, key) = self.persist.as_ref()?;
+        let saved = match store.load(key).await {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the saved Vault token failed; logging in");
+                return None;
+            }
+        };
+        let client = Arc::new(self.vaultrs_client(saved.token.expose()).ok()?);
+        self.stats.read();
+        let info = match vaultrs::token::lookup_self(client.as_ref()).await {
+            Ok(info) => info,
+            Err(e) => {
+                self.stats.error();
+                let e = VaultError::from_vaultrs("GET auth/token/lookup-self", e);
+                tracing::info!(error = %e, "the saved Vault token is no longer valid; logging in");
+                return None;
+            }
+        };
+        if info.accessor != saved.accessor || (info.ttl != 0 && info.ttl < Self::MIN_ADOPT_TTL) {
+            tracing::info!("the saved Vault token does not match or expires now; logging in");
+            return None;
+        }
+        // It may be the parent of leases issued before the restart: never revoke it.
+        self.keep_token.store(true, Ordering::Relaxed);
+        self.stats.adoption();
+        tracing::info!(
+            method = self.credentials.method(),
+            ttl = info.ttl,
+            "adopted the saved Vault login token (no new login; leases it issued stay renewable)"
+        );
+        let ttl = Duration::from_secs(info.ttl);
+        Some(TokenState {
+            token: saved.token,
+            accessor: info.accessor,
+            full_ttl: info.creation_ttl.max(info.ttl),
+            capped: false,
+            refresh_at: (info.ttl > 0).then(|| refresh_point(ttl)),
+            expires_at: (info.ttl > 0).then(|| Instant::now() + ttl),
+            renewable: info.renewable.unwrap_or(false),
+            client,
+        })
+    }
+
+    /// Saves a token obtained by login (see [`TokenStore`]); failures are logged only.
+    async fn save(&self, state: &TokenState) {
+        let Some((store, key)) = &self.persist else {
+            return;
+        };
+        let saved = PersistedToken {
+            token: state.token.clone(),
+            accessor: state.accessor.clone(),
+        };
+        if let Err(e) = store.save(key, &saved).await {
+            tracing::warn!(error = %e, "saving the Vault login token failed; after a restart the operator logs in anew");
+        }
     }
 
     async fn login(&self) -> Result<TokenState, VaultError> {
@@ -813,6 +904,11 @@ impl VaultSession {
             vaultrs::token::revoke_self(state.client.as_ref())
                 .await
                 .map_err(|e| VaultError::from_vaultrs("POST auth/token/revoke-self", e))?;
+            if let Some((store, key)) = &self.persist {
+                if let Err(e) = store.remove(key).await {
+                    tracing::warn!(error = %e, "removing the saved Vault token failed");
+                }
+            }
         }
         Ok(())
     }
@@ -824,11 +920,43 @@ impl VaultSession {
 pub struct SessionCache {
     sessions: Mutex<HashMap<String, Arc<VaultSession>>>,
     stats: Arc<VaultStats>,
+    token_store: Option<Arc<dyn TokenStore>>,
 }
 
 impl SessionCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cache whose sessions save their login tokens in `store` and adopt them after a
+    /// restart (see [`TokenStore`]).
+    pub fn with_token_store(store: Arc<dyn TokenStore>) -> Self {
+        SessionCache {
+            token_store: Some(store),
+            ..Self::default()
+        }
+    }
+
+    /// The key under which a session's token is saved: a hash of the identity (address,
+    /// namespace, TLS settings, login method and role; secret parts already hashed).
+    pub fn token_key(config: &ConnectionConfig, credentials: &Credentials) -> String {
+        hex::encode(&Sha256::digest(Self::identity(config, credentials).as_bytes())[..10])
+    }
+
+    fn identity(config: &ConnectionConfig, credentials: &Credentials) -> String {
+        format!(
+            "{}|{}|{:?}|{}|{}|{}",
+            config.address,
+            config.namespace.as_deref().unwrap_or(""),
+            config.server_name,
+            config.insecure_skip_verify,
+            config
+                .ca_pem
+                .as_deref()
+                .map(|p| hex::encode(&Sha256::digest(p.as_bytes())[..8]))
+                .unwrap_or_default(),
+            credentials.identity_key()
+        )
     }
 
     /// Counters summed over every session of this cache.
@@ -842,26 +970,19 @@ impl SessionCache {
         config: ConnectionConfig,
         credentials: Credentials,
     ) -> Result<Arc<VaultSession>, VaultError> {
-        let key = format!(
-            "{}|{}|{:?}|{}|{}|{}",
-            config.address,
-            config.namespace.as_deref().unwrap_or(""),
-            config.server_name,
-            config.insecure_skip_verify,
-            config
-                .ca_pem
-                .as_deref()
-                .map(|p| hex::encode(&Sha256::digest(p.as_bytes())[..8]))
-                .unwrap_or_default(),
-            credentials.identity_key()
-        );
+        let key = Self::identity(&config, &credentials);
         let mut sessions = self.sessions.lock().await;
         if let Some(s) = sessions.get(&key) {
             if s.config.timeout == config.timeout {
                 return Ok(s.clone());
             }
         }
-        let s = VaultSession::connect_with_stats(config, credentials, self.stats.clone()).await?;
+        let persist = self
+            .token_store
+            .clone()
+            .map(|store| (store, Self::token_key(&config, &credentials)));
+        let s =
+            VaultSession::connect_inner(config, credentials, self.stats.clone(), persist).await?;
         sessions.insert(key, s.clone());
         Ok(s)
     }

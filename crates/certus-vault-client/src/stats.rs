@@ -7,6 +7,7 @@ pub struct VaultStats {
     reads: AtomicU64,
     writes: AtomicU64,
     logins: AtomicU64,
+    adoptions: AtomicU64,
     renewals: AtomicU64,
     errors: AtomicU64,
 }
@@ -20,6 +21,8 @@ pub struct StatsSnapshot {
     pub writes: u64,
     /// Successful and failed login attempts.
     pub logins: u64,
+    /// Saved login tokens adopted instead of logging in (see `TokenStore`).
+    pub adoptions: u64,
     /// Token renewals.
     pub renewals: u64,
     /// Requests that returned an error.
@@ -33,6 +36,7 @@ impl StatsSnapshot {
             reads: self.reads - earlier.reads,
             writes: self.writes - earlier.writes,
             logins: self.logins - earlier.logins,
+            adoptions: self.adoptions - earlier.adoptions,
             renewals: self.renewals - earlier.renewals,
             errors: self.errors - earlier.errors,
         }
@@ -49,6 +53,9 @@ impl VaultStats {
     pub(crate) fn login(&self) {
         self.logins.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn adoption(&self) {
+        self.adoptions.fetch_add(1, Ordering::Relaxed);
+    }
     pub(crate) fn renewal(&self) {
         self.renewals.fetch_add(1, Ordering::Relaxed);
     }
@@ -60,6 +67,7 @@ impl VaultStats {
             reads: self.reads.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             logins: self.logins.load(Ordering::Relaxed),
+            adoptions: self.adoptions.load(Ordering::Relaxed),
             renewals: self.renewals.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
         }

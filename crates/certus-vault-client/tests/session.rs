@@ -251,3 +251,89 @@ async fn static_token_is_never_revoked_and_errors_are_classified() {
     assert_eq!(e.class, ErrorClass::PermissionDenied, "{e}");
     assert!(!e.to_string().contains("not-a-token"), "{e}");
 }
+
+/// Restart / leader change: a new process with the same token store adopts the saved
+/// login token (0 logins, same accessor) instead of logging in, so leases the token
+/// issued stay renewable. A revoked saved token, or one whose accessor does not match,
+/// is not adopted: one normal login, and the new token is saved.
+#[tokio::test]
+async fn a_saved_login_token_is_adopted_by_a_new_process_instead_of_logging_in() {
+    use certus_vault_client::{MemoryTokenStore, PersistedToken};
+    let root = root().await;
+    let policy = reader_policy(&root).await;
+    let (mount, creds) = approle(&root, &[&policy], "10m", "1h").await;
+    let (addr, root_token) = env();
+    let cfg = || ConnectionConfig::new(&addr);
+    let key = SessionCache::token_key(&cfg(), &creds);
+    let store = Arc::new(MemoryTokenStore::new());
+
+    let first = SessionCache::with_token_store(store.clone());
+    let s1 = first.get(cfg(), creds.clone()).await.unwrap();
+    assert!(s1.policy_read(&policy).await.unwrap().is_some());
+    let accessor = s1.token_info().await.unwrap().accessor;
+    assert_eq!(first.stats().snapshot().logins, 1);
+    assert_eq!(
+        store.accessors().get(&key),
+        Some(&accessor),
+        "saved after login"
+    );
+
+    // A new process: same store, new cache. No login; the same token.
+    let second = SessionCache::with_token_store(store.clone());
+    let s2 = second.get(cfg(), creds.clone()).await.unwrap();
+    assert!(s2.policy_read(&policy).await.unwrap().is_some());
+    assert_eq!(s2.token_info().await.unwrap().accessor, accessor);
+    let st = second.stats().snapshot();
+    assert_eq!((st.logins, st.adoptions), (0, 1), "{st:?}");
+    // An adopted token may be the parent of leases: shutdown leaves it alive.
+    s2.revoke().await.unwrap();
+    assert!(root
+        .write("auth/token/lookup-accessor", &json!({"accessor": accessor}))
+        .await
+        .is_ok());
+
+    // Revoked behind our back: the next process logs in once and saves the new token.
+    root.write("auth/token/revoke-accessor", &json!({"accessor": accessor}))
+        .await
+        .unwrap();
+    let third = SessionCache::with_token_store(store.clone());
+    let s3 = third.get(cfg(), creds.clone()).await.unwrap();
+    assert!(s3.policy_read(&policy).await.unwrap().is_some());
+    let st = third.stats().snapshot();
+    assert_eq!((st.logins, st.adoptions), (1, 0), "{st:?}");
+    let new_accessor = s3.token_info().await.unwrap().accessor;
+    assert_ne!(new_accessor, accessor);
+    assert_eq!(store.accessors().get(&key), Some(&new_accessor));
+
+    // A valid token saved with another accessor is not adopted.
+    store.put(
+        &key,
+        PersistedToken {
+            token: SecretString::new(root_token),
+            accessor: "not-its-accessor".into(),
+        },
+    );
+    let fourth = SessionCache::with_token_store(store.clone());
+    let s4 = fourth.get(cfg(), creds.clone()).await.unwrap();
+    assert!(s4.policy_read(&policy).await.unwrap().is_some());
+    let st = fourth.stats().snapshot();
+    assert_eq!((st.logins, st.adoptions), (1, 0), "{st:?}");
+    assert!(s4.token_info().await.unwrap().policies.contains(&policy));
+
+    // A token given by the user is never saved.
+    let (_, token) = env();
+    let fifth = SessionCache::with_token_store(store.clone());
+    let given = Credentials::Token(SecretString::new(token));
+    let s5 = fifth.get(cfg(), given.clone()).await.unwrap();
+    s5.policy_read(&policy).await.unwrap();
+    assert!(!store
+        .accessors()
+        .contains_key(&SessionCache::token_key(&cfg(), &given)));
+
+    // Shutdown of a session that issued nothing revokes its token and forgets it.
+    s4.revoke().await.unwrap();
+    assert!(!store.accessors().contains_key(&key));
+    root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
+        .await
+        .unwrap();
+}

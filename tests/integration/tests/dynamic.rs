@@ -1160,3 +1160,102 @@ async fn a_failed_revocation_is_an_error_and_the_retry_revokes_the_credential() 
     assert!(!pg_role_exists(&user).await);
     raw.unmount(&mount).await;
 }
+
+/// The restart gap: leases die with the login token that issued them. Without a token
+/// store, an operator restarted with AppRole login holds a new token, cannot extend the
+/// old one, and must re-issue every credential before the old token's deadline (and
+/// restart their workloads). With the store the new process adopts the saved token:
+/// no login, the lease keeps being renewed, nothing is re-issued.
+#[tokio::test]
+async fn after_a_restart_the_saved_login_token_is_adopted_and_nothing_is_reissued() {
+    use certus_vault_client::MemoryTokenStore;
+    let raw = Raw::new().await;
+    let p = prefix();
+    let e = env();
+    let approle = format!("{p}-approle");
+    // The lease (10m) outlives the login token's TTL (60s): the token sets the deadline.
+    let mount = db_mount(&raw, &p, "10m", "1h").await;
+    let policy = format!("{p}-creds");
+    raw.write(&format!("sys/policies/acl/{policy}"), json!({"policy": format!(
+        "path \"{mount}/creds/app\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/*\" {{ capabilities = [\"update\"] }}"
+    )})).await;
+    raw.write(&format!("sys/auth/{approle}"), json!({"type": "approle"}))
+        .await;
+    raw.write(
+        &format!("auth/{approle}/role/op"),
+        json!({"token_policies": [policy], "token_ttl": "60s", "token_max_ttl": "1h"}),
+    )
+    .await;
+    let role_id = raw
+        .data(&format!("auth/{approle}/role/op/role-id"))
+        .await
+        .unwrap()["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id = raw
+        .write(&format!("auth/{approle}/role/op/secret-id"), json!({}))
+        .await
+        .unwrap()["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let creds = || Credentials::AppRole {
+        mount: approle.clone(),
+        role_id: role_id.clone(),
+        secret_id: SecretString::new(secret_id.clone()),
+    };
+    let cfg = || ConnectionConfig::new(e.vault_addr.clone());
+    let tokens = Arc::new(MemoryTokenStore::new());
+    let obj = dc("restart-db", json!({"path": format!("{mount}/creds/app")}));
+    let store = MemorySecretStore::new();
+    let t0 = Utc::now();
+
+    // Process 1 issues the credential and stops (its token is kept: it issued a lease).
+    let first = SessionCache::with_token_store(tokens.clone());
+    let v1 = first.get(cfg(), creds()).await.unwrap();
+    let issued = run(&v1, &obj, &store, &LeaseMemory::new(), t0).await;
+    assert_eq!(issued.taken, Taken::Issued(IssueReason::Initial));
+    let user = value(&store, "restart-db", "username");
+    first.revoke_all().await;
+
+    // Process 2 (restart or new leader): same Secret, same token store, empty memory.
+    let second = SessionCache::with_token_store(tokens.clone());
+    let v2 = second.get(cfg(), creds()).await.unwrap();
+    let resumed = run(&v2, &obj, &store, &LeaseMemory::new(), t0 + secs(5)).await;
+    assert_eq!(resumed.taken, Taken::Unchanged, "{:?}", resumed.events);
+    assert!(
+        !resumed.schedule.token_bound,
+        "the adopted token is extended, so it sets no deadline: {:?}",
+        resumed.schedule
+    );
+    let st = second.stats().snapshot();
+    assert_eq!((st.logins, st.adoptions), (0, 1), "{st:?}");
+    assert_eq!(value(&store, "restart-db", "username"), user);
+    assert_eq!(leases(&raw, &format!("{mount}/creds/app")).await.len(), 1);
+    // It is the token that issued the lease, and it is renewed like any session token.
+    assert_eq!(
+        v2.token_lifetime().await.unwrap().accessor,
+        v1.token_lifetime().await.unwrap().accessor
+    );
+
+    // The control: a process without the store logs in anew and, holding a token other
+    // than the lease's parent, must re-issue before the old token dies.
+    let third = SessionCache::new();
+    let v3 = third.get(cfg(), creds()).await.unwrap();
+    let forced = run(&v3, &obj, &store, &LeaseMemory::new(), t0 + secs(6)).await;
+    assert_eq!(
+        forced.taken,
+        Taken::Issued(IssueReason::IssuingTokenExpiring),
+        "{:?}",
+        forced.events
+    );
+    assert_eq!(third.stats().snapshot().logins, 1);
+
+    dynamic::cleanup(&v3, &obj, &store, &LeaseMemory::new())
+        .await
+        .unwrap();
+    raw.unmount(&mount).await;
+    let _ = raw.0.delete(&format!("sys/auth/{approle}")).await;
+    let _ = raw.0.delete(&format!("sys/policies/acl/{policy}")).await;
+}
