@@ -194,4 +194,16 @@ rules are used by the ClusterRole (all namespaces) and by the per-namespace Role
   resources: ["configmaps"]
   resourceNames: [{{ .Values.audit.checkpointConfigMap | quote }}]
   verbs: ["get", "update", "patch"]
+{{- if .Values.persistVaultTokens }}
+# Vault login tokens kept across restarts (--persist-vault-tokens): create the Secret of
+# each Vault identity (create cannot be limited by name) ...
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+# ... then read, update and delete them (named certus-vault-token-<hash of the identity>,
+# not known in advance; only in the operator's own namespace).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "patch", "delete"]
+{{- end }}
 {{- end }}

@@ -22,6 +22,7 @@ use certus_controller::leader::{
 };
 use certus_controller::metrics::VaultStatsCollector;
 use certus_controller::server::{self, Probes};
+use certus_controller::token_store::KubeTokenStore;
 use certus_controller::{Metrics, RunOptions, SharedSessions};
 use certus_vault_client::SessionCache;
 use clap::ArgAction;
@@ -110,6 +111,22 @@ pub struct Args {
     /// audit file was read, so a restarted or new leader resumes without re-alerting.
     #[arg(long, env = "CERTUS_AUDIT_CHECKPOINT_CONFIGMAP", default_value = certus_controller::audit::DEFAULT_CHECKPOINT_CONFIGMAP)]
     pub audit_checkpoint_configmap: String,
+
+    /// Keep the Vault login tokens (AppRole, Kubernetes auth) in Secrets
+    /// `certus-vault-token-<hash>` of the operator's namespace ($POD_NAMESPACE), so a
+    /// restarted operator or a new leader adopts the token that issued the leases and
+    /// renews it, instead of logging in anew and re-issuing every DynamicCredential
+    /// before the old token expires. `false`: tokens live in memory only.
+    #[arg(
+        long,
+        env = "CERTUS_PERSIST_VAULT_TOKENS",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_value_t = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub persist_vault_tokens: bool,
 }
 
 /// Default of `--concurrency` (the same as `RunOptions::default()`).
@@ -219,7 +236,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::try_from(config.clone()).context("building the Kubernetes client")?;
 
     let metrics = Arc::new(Metrics::default());
-    let sessions = Arc::new(SessionCache::new());
+    let sessions = Arc::new(if args.persist_vault_tokens {
+        let namespace = lease_namespace(
+            None,
+            std::env::var("POD_NAMESPACE").ok().as_deref(),
+            &config.default_namespace,
+        );
+        info!(namespace = %namespace, "Vault login tokens are kept in Secrets {}<hash> (--persist-vault-tokens)", certus_controller::token_store::SECRET_PREFIX);
+        SessionCache::with_token_store(Arc::new(KubeTokenStore::new(client.clone(), &namespace)))
+    } else {
+        SessionCache::new()
+    });
     let mut opts = args.run_options(metrics.clone(), sessions.clone());
     let identity = default_identity();
     let status = Arc::new(LeaderStatus::new(identity.clone()));
@@ -370,6 +397,11 @@ mod tests {
         assert_eq!(a.lease_name, "certus-vault-operator");
         assert_eq!(a.lease_namespace, None);
         assert_eq!(a.lease_duration, Duration::from_secs(15));
+        assert!(
+            a.persist_vault_tokens,
+            "login tokens survive restarts by default"
+        );
+        assert!(!parse(&["--persist-vault-tokens=false"]).persist_vault_tokens);
     }
 
     /// The flags exactly as the Helm chart and config/manager pass them.

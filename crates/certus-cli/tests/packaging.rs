@@ -1767,3 +1767,30 @@ fn docs_examples_match_the_crds() {
     }
     assert!(errs.is_empty(), "{errs:#?}");
 }
+
+/// `persistVaultTokens` (default on): the operator's Role may keep the token Secrets in
+/// the release namespace (also when `rbac.secretNamespaces` narrows the ClusterRole), and
+/// the flag is left at its default; off: `--persist-vault-tokens=false` and no Secret
+/// access through the Role.
+#[test]
+fn helm_persist_vault_tokens_grants_secrets_in_the_release_namespace_only_when_on() {
+    let on = docs(&helm(&[]));
+    let role = find(&on, "Role", "certus-certus-vault-operator-self");
+    for verb in ["create", "get", "patch", "delete"] {
+        assert!(grants(&role["rules"], "", "secrets", verb), "{verb}");
+    }
+    let args =
+        strs(&container(find(&on, "Deployment", "certus-certus-vault-operator"))["args"]).join(" ");
+    assert!(!args.contains("persist-vault-tokens"), "{args}");
+
+    let narrowed = docs(&helm(&["rbac.secretNamespaces={apps}"]));
+    let role = find(&narrowed, "Role", "certus-certus-vault-operator-self");
+    assert!(grants(&role["rules"], "", "secrets", "patch"));
+
+    let off = docs(&helm(&["persistVaultTokens=false"]));
+    let role = find(&off, "Role", "certus-certus-vault-operator-self");
+    assert!(!mentions(&role["rules"], "", "secrets"));
+    let args = strs(&container(find(&off, "Deployment", "certus-certus-vault-operator"))["args"])
+        .join(" ");
+    assert!(args.contains("--persist-vault-tokens=false"), "{args}");
+}

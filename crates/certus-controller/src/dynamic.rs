@@ -101,7 +101,12 @@ pub struct DynamicMetrics {
     failures: Family<ClassLabel, Counter>,
 }
 
-/// Encodes `certus_dynamic_credential_expiry_seconds` at scrape time.
+fn secs(d: chrono::Duration) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
+}
+
+/// Encodes `certus_dynamic_credential_expiry_seconds` and
+/// `certus_dynamic_credential_renewal_overdue_seconds` at scrape time.
 #[derive(Debug)]
 struct ExpiryCollector(ExpiryMap);
 
@@ -121,28 +126,25 @@ impl prometheus_client::collector::Collector for ExpiryCollector {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let secs = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
-        let mut family = encoder.encode_descriptor(
-            "certus_dynamic_credential_expiry_seconds",
-            "Seconds until the credential a DynamicCredential projects expires unless renewed (negative once expired)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for ((namespace, name), t) in &entries {
-            let labels = [("namespace", namespace), ("name", name)];
-            ConstGauge::new(secs(t.expires - now)).encode(family.encode_family(&labels)?)?;
-        }
-        drop(family);
-        let mut family = encoder.encode_descriptor(
-            "certus_dynamic_credential_renewal_overdue_seconds",
-            "Seconds since the planned renewal or re-issue of a DynamicCredential's credential passed without one succeeding (0 while on schedule)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for ((namespace, name), t) in &entries {
-            let labels = [("namespace", namespace), ("name", name)];
-            let overdue = t.next_action.map_or(0.0, |n| secs(now - n).max(0.0));
-            ConstGauge::new(overdue).encode(family.encode_family(&labels)?)?;
+        type Gauge = fn(&Tracked, DateTime<Utc>) -> f64;
+        let gauges: [(&str, &str, Gauge); 2] = [
+            (
+                "certus_dynamic_credential_expiry_seconds",
+                "Seconds until the credential a DynamicCredential projects expires unless renewed (negative once expired)",
+                |t, now| secs(t.expires - now),
+            ),
+            (
+                "certus_dynamic_credential_renewal_overdue_seconds",
+                "Seconds since the planned renewal or re-issue of a DynamicCredential's credential passed without one succeeding (0 while on schedule)",
+                |t, now| t.next_action.map_or(0.0, |n| secs(now - n).max(0.0)),
+            ),
+        ];
+        for (metric, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            for ((namespace, name), t) in &entries {
+                let labels = [("namespace", namespace), ("name", name)];
+                ConstGauge::new(value(t, now)).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -47,6 +47,7 @@ pub mod server;
 pub mod static_secret;
 pub mod status;
 pub mod testing;
+pub mod token_store;
 pub mod watch;
 
 use std::collections::hash_map::DefaultHasher;

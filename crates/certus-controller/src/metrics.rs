@@ -160,7 +160,8 @@ impl Drop for ReadyGuard<'_> {
 /// Exposes the request counters of the shared Vault session cache
 /// ([`SessionCache::stats`](certus_vault_client::SessionCache::stats)), read at each
 /// scrape: `certus_vault_requests_total{kind="read"|"write"}`,
-/// `certus_vault_logins_total`, `certus_vault_token_renewals_total`,
+/// `certus_vault_logins_total`, `certus_vault_token_adoptions_total`,
+/// `certus_vault_token_renewals_total`,
 /// `certus_vault_errors_total`.
 #[derive(Debug)]
 pub struct VaultStatsCollector(pub std::sync::Arc<certus_vault_client::VaultStats>);
@@ -202,6 +203,11 @@ impl prometheus_client::collector::Collector for VaultStatsCollector {
                 "certus_vault_logins",
                 "Vault logins (successful and failed attempts)",
                 s.logins,
+            ),
+            (
+                "certus_vault_token_adoptions",
+                "Saved Vault login tokens adopted instead of logging in (after a restart or a leader change)",
+                s.adoptions,
             ),
             (
                 "certus_vault_token_renewals",

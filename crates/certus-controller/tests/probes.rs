@@ -105,6 +105,7 @@ async fn probes_follow_the_supervisor() {
         "certus_vault_requests_total{kind=\"read\"} 0",
         "certus_vault_requests_total{kind=\"write\"} 0",
         "certus_vault_logins_total 0",
+        "certus_vault_token_adoptions_total 0",
         "certus_vault_token_renewals_total 0",
         "certus_vault_errors_total 0",
         "# EOF",
