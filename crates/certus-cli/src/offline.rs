@@ -436,13 +436,30 @@ async fn run(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        if let Resource::Policy(p) = &res {
+        // The first claimant (in manifest order) of a Vault object owns it: two
+        // resources writing one policy, mount or role would undo each other.
+        use certus_controller::config::ConfigKind;
+        let target = match &res {
+            Resource::Policy(p) => Some((
+                format!("Vault policy {:?}", p.vault_name()),
+                format!("sys/policies/acl/{}", p.vault_name()),
+            )),
+            Resource::Engine(e) => e.claim_target().map(|t| (e.describe(), t)),
+            Resource::Auth(a) => a.claim_target().map(|t| (a.describe(), t)),
+            Resource::Role(r) => r.claim_target().map(|t| (r.describe(), t)),
+        };
+        if let Some((what, target)) = target {
             let owner = claims
-                .entry((conn_key.clone(), p.vault_name()))
+                .entry((conn_key.clone(), target))
                 .or_insert_with(|| id.clone())
                 .clone();
             if let Some(other) = policy::claimed_by_other(&id, [&owner]) {
-                early_errors.push((id, ReconcileError::Conflict(format!("Vault policy {:?} is also claimed by {other}, which comes first; nothing was written", p.vault_name()))));
+                early_errors.push((
+                    id,
+                    ReconcileError::Conflict(format!(
+                        "{what} is also claimed by {other}, which comes first; nothing was written"
+                    )),
+                ));
                 continue;
             }
         }

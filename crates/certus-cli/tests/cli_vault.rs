@@ -365,3 +365,38 @@ fn no_connection_anywhere_is_a_clear_error() {
         stdout(&out)
     );
 }
+
+/// Two SecretEngines on one mount path in one apply: the first in manifest order owns
+/// it, the second is a Conflict before any Vault request; the mount gets the first's
+/// settings only.
+#[test]
+fn second_claim_of_a_mount_is_a_conflict() {
+    let v = vault();
+    let dir = tempfile::tempdir().unwrap();
+    let path = unique("cli-mount");
+    let engine = |name: &str, description: &str| {
+        format!(
+            "apiVersion: vault.certus.io/v1alpha1\nkind: SecretEngine\nmetadata:\n  name: {name}\n  namespace: cli\nspec:\n  path: {path}\n  type: kv-v2\n  description: {description}\n"
+        )
+    };
+    write(dir.path(), "a.yaml", &engine("first", "the-first"));
+    write(dir.path(), "b.yaml", &engine("second", "the-second"));
+    let out = certus(&["apply"], dir.path(), true);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("! SecretEngine/cli/second (Conflict)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("also claimed by SecretEngine/cli/first"),
+        "{text}"
+    );
+    let (_, mounts) = v.req("GET", "sys/mounts", None);
+    assert_eq!(
+        mounts["data"][format!("{path}/")]["description"],
+        "the-first",
+        "{mounts}"
+    );
+    v.req("DELETE", &format!("sys/mounts/{path}"), None);
+}

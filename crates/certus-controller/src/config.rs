@@ -71,7 +71,7 @@ use serde::Serialize;
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::error_action;
-use crate::context::Context;
+use crate::context::{Claims, Context};
 use crate::error::Error;
 use crate::resolve::{session_for, ConnectionKey};
 use crate::status::{self, apply_status, ready, ready_changed, set_failed};
@@ -121,6 +121,22 @@ pub trait ConfigKind:
         vec![]
     }
 
+    /// The Vault object this resource claims (`sys/mounts/<path>`, `sys/auth/<path>`,
+    /// a role's path), for the claim check: two resources of a kind on one Vault object
+    /// through one connection would overwrite each other at every resync. `None` when
+    /// the spec is invalid (precheck reports that).
+    fn claim_target(&self) -> Option<String>;
+
+    /// A cheap test that `other` may claim the same target as `self` (false only when
+    /// it surely does not), run before [`claim_target`](Self::claim_target) on every
+    /// cached object.
+    fn may_share_target(&self, _other: &Self) -> bool {
+        true
+    }
+
+    /// Where this kind's [`Claims`] live in the context.
+    fn claims_cell(ctx: &Context) -> &std::sync::OnceLock<Claims<Self>>;
+
     /// Runs the shared pipeline in [`Mode::Apply`].
     fn reconcile_vault(
         &self,
@@ -168,6 +184,15 @@ impl ConfigKind for SecretEngine {
     }
     fn check_spec(&self) -> Result<(), ReconcileError> {
         engine::desired(self).map(|_| ())
+    }
+    fn claim_target(&self) -> Option<String> {
+        Some(format!("sys/mounts/{}", self.mount_path()))
+    }
+    fn may_share_target(&self, other: &Self) -> bool {
+        self.mount_path() == other.mount_path()
+    }
+    fn claims_cell(ctx: &Context) -> &std::sync::OnceLock<Claims<Self>> {
+        &ctx.config_claims.engines
     }
     fn secret_refs(&self) -> Vec<&SecretKeyRef> {
         let s = &self.spec;
@@ -219,6 +244,15 @@ impl ConfigKind for AuthMethod {
     }
     fn check_spec(&self) -> Result<(), ReconcileError> {
         auth_method::desired(self).map(|_| ())
+    }
+    fn claim_target(&self) -> Option<String> {
+        Some(format!("sys/auth/{}", self.mount_path()))
+    }
+    fn may_share_target(&self, other: &Self) -> bool {
+        self.mount_path() == other.mount_path()
+    }
+    fn claims_cell(ctx: &Context) -> &std::sync::OnceLock<Claims<Self>> {
+        &ctx.config_claims.auths
     }
     fn secret_refs(&self) -> Vec<&SecretKeyRef> {
         let s = &self.spec;
@@ -296,9 +330,69 @@ async fn run_pipeline<K: ConfigKind>(
     // Validate before any request: an invalid spec (or a VaultRole whose VaultPolicy does
     // not exist) is reported even when the connection is missing.
     obj.precheck(ctx)?;
+    if let Some((store, _)) = K::claims_cell(ctx).get() {
+        check_claim(obj, &store.state())?;
+    }
     let session = session_for(ctx, &namespace_of(obj), obj.connection_ref()).await?;
     let last = LastApplied::from_status(obj.status());
     obj.reconcile_vault(&session, ctx, &last).await
+}
+
+fn same_object<K: Resource>(a: &K, b: &K) -> bool {
+    a.meta().namespace == b.meta().namespace && a.meta().name == b.meta().name
+}
+
+/// Every object among `all` (plus `me`) that claims `me`'s Vault object through the
+/// same connection, in claim order: oldest `creationTimestamp` first, then namespace,
+/// then name. The first one owns the Vault object (as for `VaultPolicy` names).
+pub fn claimants<'a, K: ConfigKind>(me: &'a K, all: impl IntoIterator<Item = &'a K>) -> Vec<&'a K> {
+    let Some(target) = me.claim_target() else {
+        return vec![me];
+    };
+    let key = connection_key(me);
+    let mut list: Vec<&K> = all
+        .into_iter()
+        .filter(|o| !same_object(*o, me) && me.may_share_target(o))
+        .filter(|o| o.claim_target().as_ref() == Some(&target) && connection_key(*o) == key)
+        .collect();
+    list.push(me);
+    list.sort_by_key(|o| {
+        let m = o.meta();
+        (
+            m.creation_timestamp.is_none(),
+            m.creation_timestamp.clone(),
+            m.namespace.clone(),
+            m.name.clone(),
+        )
+    });
+    list
+}
+
+/// Fails with `Conflict` when another watched resource of the kind claimed the same
+/// Vault object first (nothing is written), or with a retryable `Dependency` error while
+/// that owner is being deleted.
+pub fn check_claim<K: ConfigKind>(me: &K, all: &[Arc<K>]) -> Result<(), ReconcileError> {
+    let list = claimants(me, all.iter().map(|a| a.as_ref()));
+    let owner = list[0];
+    if same_object(owner, me) {
+        return Ok(());
+    }
+    let owner_name = format!("{}/{}", namespace_of(owner), owner.name_any());
+    let target = me.claim_target().unwrap_or_default();
+    if owner.meta().deletion_timestamp.is_some() {
+        return Err(ReconcileError::Dependency(format!(
+            "{} ({target}, {}) is claimed by {} {owner_name}, which is being deleted; waiting for it to be gone",
+            me.describe(),
+            connection_key(me),
+            K::KIND
+        )));
+    }
+    Err(ReconcileError::Conflict(format!(
+        "{} ({target}, {}) is already managed by {} {owner_name}, which was created earlier; nothing was written. Point this resource at another path, or delete one of the two",
+        me.describe(),
+        connection_key(me),
+        K::KIND
+    )))
 }
 
 /// Status after a failed reconcile: `Ready=False` with the error's reason and message;
@@ -456,6 +550,42 @@ async fn cleanup<K: ConfigKind>(obj: &K, api: &Api<K>, ctx: &Context) -> Result<
     let key = ObjectRef::from_obj(obj).erase();
     let what = obj.describe();
     let regarding = obj.object_ref(&());
+    if let Some((store, trigger)) = K::claims_cell(ctx).get() {
+        let all = store.state();
+        let list = claimants(obj, all.iter().map(|a| a.as_ref()));
+        let others: Vec<ObjectRef<K>> = list
+            .iter()
+            .filter(|o| !same_object(**o, obj))
+            .map(|o| ObjectRef::from_obj(*o))
+            .collect();
+        if !same_object(list[0], obj) {
+            // Another resource manages this Vault object: deleting this one (which
+            // never wrote it) must not remove it.
+            let owner = format!("{}/{}", namespace_of(list[0]), list[0].name_any());
+            info!(
+                what,
+                owner, "another resource manages this Vault object; left in Vault"
+            );
+            ctx.publish(
+                &regarding,
+                EventType::Normal,
+                "Retained",
+                "Delete",
+                format!(
+                    "{what} was left in Vault: it is managed by {} {owner}",
+                    K::KIND
+                ),
+            )
+            .await;
+            ctx.failures.reset(&key);
+            return Ok(Action::await_change());
+        }
+        // The next claimant takes over once this one is gone (its reconcile waits for
+        // the deletion to finish; see check_claim).
+        for o in others {
+            let _ = trigger.unbounded_send(o);
+        }
+    }
     if obj.deletion_policy() == DeletionPolicy::Retain {
         info!(what, "deletionPolicy is Retain: left in Vault");
         ctx.failures.reset(&key);
@@ -852,6 +982,9 @@ where
     let (engine_tx, engine_rx) = mpsc::unbounded();
     let (auth_tx, auth_rx) = mpsc::unbounded();
     let (role_tx, role_rx) = mpsc::unbounded();
+    ctx.enable_claims(engine_store.clone(), engine_tx.clone());
+    ctx.enable_claims(auth_store.clone(), auth_tx.clone());
+    ctx.enable_claims(role_store.clone(), role_tx.clone());
     let fanout = Fanout {
         engines: engine_store.clone(),
         auths: auth_store.clone(),
@@ -1181,5 +1314,93 @@ mod tests {
     fn humanize_durations() {
         assert_eq!(humanize(std::time::Duration::from_secs(600)), "10m");
         assert_eq!(humanize(std::time::Duration::from_secs(45)), "45s");
+    }
+
+    fn created(mut o: SecretEngine, secs: i64) -> SecretEngine {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
+        o.metadata.creation_timestamp =
+            Some(serde_json::from_value(serde_json::json!(at.to_rfc3339())).unwrap());
+        o
+    }
+
+    #[test]
+    fn two_engines_on_one_mount_through_one_connection_the_older_owns_it() {
+        let spec = serde_json::json!({"path": "shared", "type": "kv-v2"});
+        let a = created(engine("ns", "a", spec.clone()), 10);
+        let b = created(engine("ns", "b", spec.clone()), 20);
+        let elsewhere = created(
+            engine(
+                "ns",
+                "c",
+                serde_json::json!({"path": "other", "type": "kv-v2"}),
+            ),
+            0,
+        );
+        let all: Vec<Arc<SecretEngine>> = [&a, &b, &elsewhere]
+            .into_iter()
+            .cloned()
+            .map(Arc::new)
+            .collect();
+        assert!(check_claim(&a, &all).is_ok(), "the older owns the mount");
+        let err = check_claim(&b, &all).unwrap_err();
+        assert!(matches!(err, ReconcileError::Conflict(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("sys/mounts/shared")
+                && text.contains("SecretEngine ns/a")
+                && text.contains("nothing was written"),
+            "{text}"
+        );
+        assert!(check_claim(&elsewhere, &all).is_ok());
+
+        // The owner is being deleted: the other waits (retryable), then owns it.
+        let mut deleting = a.clone();
+        deleting.metadata.deletion_timestamp = b.metadata.creation_timestamp.clone();
+        let all2: Vec<Arc<SecretEngine>> = vec![Arc::new(deleting), Arc::new(b.clone())];
+        let err = check_claim(&b, &all2).unwrap_err();
+        assert!(
+            matches!(err, ReconcileError::Dependency(_)) && err.retryable(),
+            "{err:?}"
+        );
+        assert!(check_claim(&b, &[Arc::new(b.clone())]).is_ok());
+
+        // Another namespace uses its own connection `default`: no conflict (claims are
+        // per connection, as for VaultPolicy).
+        let other_ns = created(engine("team-b", "a", spec), 0);
+        let all3: Vec<Arc<SecretEngine>> = vec![Arc::new(other_ns), Arc::new(b.clone())];
+        assert!(check_claim(&b, &all3).is_ok());
+    }
+
+    #[test]
+    fn roles_conflict_only_on_the_same_mount_and_name() {
+        let role = |name: &str, mount: &str, role_name: Option<&str>| {
+            let mut spec = serde_json::json!({"kubernetes": {"mount": mount,
+                "boundServiceAccountNames": ["app"], "boundServiceAccountNamespaces": ["apps"]}});
+            if let Some(n) = role_name {
+                spec["name"] = n.into();
+            }
+            let mut r = VaultRole::new(name, serde_json::from_value(spec).unwrap());
+            r.metadata.namespace = Some("ns".into());
+            r
+        };
+        let a = role("a", "kubernetes", Some("app"));
+        let same = role("app", "kubernetes", None);
+        let other_mount = role("c", "k8s-2", Some("app"));
+        assert_eq!(
+            a.claim_target().as_deref(),
+            Some("auth/kubernetes/role/app")
+        );
+        let all: Vec<Arc<VaultRole>> = [&a, &same, &other_mount]
+            .into_iter()
+            .cloned()
+            .map(Arc::new)
+            .collect();
+        // No creation timestamps: namespace, then name decide ("a" < "app").
+        assert!(check_claim(&a, &all).is_ok());
+        assert!(matches!(
+            check_claim(&same, &all),
+            Err(ReconcileError::Conflict(_))
+        ));
+        assert!(check_claim(&other_mount, &all).is_ok());
     }
 }

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use certus_api::{VaultPolicy, FIELD_MANAGER};
+use std::sync::OnceLock;
+
+use certus_api::{AuthMethod, SecretEngine, VaultPolicy, VaultRole, FIELD_MANAGER};
 use certus_vault_client::SessionCache;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -34,6 +36,21 @@ pub struct Context {
     pub failures: FailureCounter,
     pub(crate) resolver: KubeResolver,
     policy_trigger: Option<UnboundedSender<ObjectRef<VaultPolicy>>>,
+    /// The stores and reconcile triggers of the Vault configuration kinds, for the claim
+    /// check (two resources on one Vault path), set when their controllers start.
+    pub(crate) config_claims: ConfigClaims,
+}
+
+/// Per configuration kind: the reflector store of every watched object and a sender
+/// that requests a reconcile of one (see [`crate::config::ConfigKind::claims`]).
+pub type Claims<K> = (Store<K>, UnboundedSender<ObjectRef<K>>);
+
+/// [`Claims`] of `SecretEngine`, `AuthMethod` and `VaultRole`.
+#[derive(Default)]
+pub struct ConfigClaims {
+    pub(crate) engines: OnceLock<Claims<SecretEngine>>,
+    pub(crate) auths: OnceLock<Claims<AuthMethod>>,
+    pub(crate) roles: OnceLock<Claims<VaultRole>>,
 }
 
 impl Context {
@@ -54,7 +71,19 @@ impl Context {
             options,
             client,
             policy_trigger: None,
+            config_claims: ConfigClaims::default(),
         }
+    }
+
+    /// Enables the claim check of configuration kind `K` over `store` (the reflector
+    /// store of every watched `K`); `trigger` requests reconciles (the next claimant
+    /// once an owner is deleted). Set once per context; later calls are ignored.
+    pub fn enable_claims<K: crate::config::ConfigKind>(
+        &self,
+        store: Store<K>,
+        trigger: UnboundedSender<ObjectRef<K>>,
+    ) {
+        K::claims_cell(self).get_or_init(|| (store, trigger));
     }
 
     /// Lets reconciles request reconciles of other VaultPolicies (e.g. the next claimant

@@ -87,6 +87,25 @@ impl ConfigKind for VaultRole {
     fn check_spec(&self) -> Result<(), ReconcileError> {
         desired_ignoring_refs(self).map(|_| ())
     }
+    fn claim_target(&self) -> Option<String> {
+        desired_ignoring_refs(self).ok().map(|d| d.object.path)
+    }
+    fn may_share_target(&self, other: &Self) -> bool {
+        // The role's path ends with its Vault name.
+        other
+            .spec
+            .name
+            .as_deref()
+            .unwrap_or(other.name_any().as_str())
+            == self
+                .spec
+                .name
+                .as_deref()
+                .unwrap_or(self.name_any().as_str())
+    }
+    fn claims_cell(ctx: &Context) -> &std::sync::OnceLock<crate::context::Claims<Self>> {
+        &ctx.config_claims.roles
+    }
     fn precheck(&self, ctx: &Context) -> Result<(), ReconcileError> {
         let lookup = policy_lookup(&ctx.policies, &namespace_of(self));
         pipeline::desired(self, &lookup).map(|_| ())

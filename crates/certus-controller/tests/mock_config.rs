@@ -1119,3 +1119,100 @@ fn recorded_status_round_trips() {
     .unwrap();
     assert_eq!(s.role_id_secret.as_deref(), Some("r-role-id"));
 }
+
+/// Two SecretEngines on one mount through one connection: the later one is
+/// `Ready=False/Conflict` before any Vault request (no connection lookup, nothing
+/// written), and deleting it with `deletionPolicy: Delete` leaves the owner's mount in
+/// Vault (Event `Retained`) and re-triggers nobody's data loss.
+#[tokio::test]
+async fn a_second_engine_on_the_same_mount_conflicts_and_its_deletion_keeps_the_mount() {
+    let vault = root_session().await;
+    let mount = unique("claim");
+    vault
+        .write(
+            &format!("sys/mounts/{mount}"),
+            &json!({"type": "kv", "options": {"version": "2"}}),
+        )
+        .await
+        .unwrap();
+    let owner: SecretEngine = with_finalizer(object(
+        "owner",
+        json!({"path": mount, "type": "kv-v2", "deletionPolicy": "Delete"}),
+    ));
+    let mut second: SecretEngine = with_finalizer(object(
+        "second",
+        json!({"path": mount, "type": "kv-v2", "deletionPolicy": "Delete"}),
+    ));
+    // Created a minute after the owner.
+    second.metadata.creation_timestamp =
+        Some(serde_json::from_value(json!("2026-01-01T00:01:00Z")).unwrap());
+
+    let claims = |objs: Vec<SecretEngine>| {
+        let (reader, mut writer) = reflector::store::<SecretEngine>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for o in objs {
+            writer.apply_watcher_event(&watcher::Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (reader, tx, rx)
+    };
+
+    // Reconcile of the second: Conflict, no Vault request, no connection lookup.
+    let (ctx, mut api) = mocked(vec![]);
+    let (store, tx, _rx) = claims(vec![owner.clone(), second.clone()]);
+    ctx.enable_claims(store, tx);
+    let before = ctx.sessions.stats().snapshot();
+    let reply = to_json(&second);
+    let p = path_of::<SecretEngine>("second");
+    let scenario = tokio::spawn(async move {
+        let status = api.expect_status_apply(&p, &reply).await;
+        let (ready, reason, message) = ready_of(&status);
+        assert_eq!((ready.as_str(), reason.as_str()), ("False", "Conflict"));
+        assert!(
+            message.contains("SecretEngine ctl-config/owner")
+                && message.contains("nothing was written"),
+            "{message}"
+        );
+        let (type_, reason, _) = api.expect_event().await;
+        assert_eq!((type_.as_str(), reason.as_str()), ("Warning", "Conflict"));
+        api.expect_no_more(QUIET).await;
+        (api, ())
+    });
+    let (result, ()) = drive(
+        scenario,
+        config_ctl::reconcile(Arc::new(second.clone()), ctx.clone()),
+    )
+    .await;
+    assert!(result.is_err());
+    assert_eq!(ctx.sessions.stats().snapshot(), before, "no Vault request");
+
+    // Deleting the second (deletionPolicy Delete): the owner's mount stays.
+    let gone = deleting(second.clone(), 1);
+    let (ctx, mut api) = mocked(vec![]);
+    let (store, tx, mut rx) = claims(vec![owner.clone(), gone.clone()]);
+    ctx.enable_claims(store, tx);
+    let reply = to_json(&gone);
+    let p = path_of::<SecretEngine>("second");
+    let scenario = tokio::spawn(async move {
+        let (type_, reason, note) = api.expect_event().await;
+        assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "Retained"));
+        assert!(note.contains("SecretEngine ctl-config/owner"), "{note}");
+        api.expect_finalizer_removed(&p, &reply).await;
+        api.expect_no_more(QUIET).await;
+        (api, ())
+    });
+    let (result, ()) = drive(scenario, config_ctl::reconcile(Arc::new(gone), ctx)).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert!(
+        mounts(&vault, "sys/mounts").await[format!("{mount}/")].is_object(),
+        "the owner's mount is still there"
+    );
+    let sent = rx.try_next();
+    assert!(
+        !matches!(sent, Ok(Some(_))),
+        "nothing to hand over: the owner stays: {sent:?}"
+    );
+
+    vault.delete(&format!("sys/mounts/{mount}")).await.unwrap();
+}
