@@ -91,17 +91,10 @@ impl ConfigKind for VaultRole {
         desired_ignoring_refs(self).ok().map(|d| d.object.path)
     }
     fn may_share_target(&self, other: &Self) -> bool {
-        // The role's path ends with its Vault name.
-        other
-            .spec
-            .name
-            .as_deref()
-            .unwrap_or(other.name_any().as_str())
-            == self
-                .spec
-                .name
-                .as_deref()
-                .unwrap_or(self.name_any().as_str())
+        // The role's path ends with its Vault name (compared without allocating: this
+        // runs over every cached role).
+        let name = |r: &VaultRole| r.spec.name.as_deref().or(r.metadata.name.as_deref());
+        name(self) == name(other)
     }
     fn claims_cell(ctx: &Context) -> &std::sync::OnceLock<crate::context::Claims<Self>> {
         &ctx.config_claims.roles
