@@ -93,7 +93,9 @@ impl ConfigKind for VaultRole {
     fn may_share_target(&self, other: &Self) -> bool {
         // The role's path ends with its Vault name (compared without allocating: this
         // runs over every cached role).
-        let name = |r: &VaultRole| r.spec.name.as_deref().or(r.metadata.name.as_deref());
+        fn name(r: &VaultRole) -> Option<&str> {
+            r.spec.name.as_deref().or(r.metadata.name.as_deref())
+        }
         name(self) == name(other)
     }
     fn claims_cell(ctx: &Context) -> &std::sync::OnceLock<crate::context::Claims<Self>> {
