@@ -127,6 +127,11 @@ pub struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub persist_vault_tokens: bool,
+
+    /// Namespace of the saved Vault login tokens (--persist-vault-tokens). Default:
+    /// $POD_NAMESPACE, else the kubeconfig's namespace (in a cluster: the Pod's).
+    #[arg(long, env = "CERTUS_VAULT_TOKEN_NAMESPACE")]
+    pub vault_token_namespace: Option<String>,
 }
 
 /// Default of `--concurrency` (the same as `RunOptions::default()`).
@@ -238,7 +243,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::default());
     let sessions = Arc::new(if args.persist_vault_tokens {
         let namespace = lease_namespace(
-            None,
+            args.vault_token_namespace.as_deref(),
             std::env::var("POD_NAMESPACE").ok().as_deref(),
             &config.default_namespace,
         );
@@ -402,6 +407,7 @@ mod tests {
             "login tokens survive restarts by default"
         );
         assert!(!parse(&["--persist-vault-tokens=false"]).persist_vault_tokens);
+        assert_eq!(a.vault_token_namespace, None);
     }
 
     /// The flags exactly as the Helm chart and config/manager pass them.

@@ -510,3 +510,77 @@ async fn approle_role_id_secret_follows_its_role() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Two SecretEngines on one mount (same connection): the one created first manages it;
+/// the other is `Ready=False/Conflict` and writes nothing; deleting the later one
+/// (`deletionPolicy: Delete`) leaves the mount in Vault; deleting the owner hands the
+/// mount over to the other, which then writes its own settings.
+#[tokio::test]
+async fn a_second_engine_on_one_mount_conflicts_until_the_owner_is_gone() -> Result<()> {
+    let Some(e2e) =
+        E2e::start("a_second_engine_on_one_mount_conflicts_until_the_owner_is_gone").await
+    else {
+        return Ok(());
+    };
+    let ns = e2e.ns().to_string();
+    let kv = format!("{ns}-shared");
+    e2e.cleanup_vault_path(format!("sys/mounts/{kv}"));
+    let engine = |name: &str| {
+        json!({
+            "apiVersion": certus_api::API_VERSION, "kind": "SecretEngine",
+            "metadata": {"name": name},
+            "spec": {"path": kv, "type": "kv-v2", "description": format!("managed by {name}"),
+                     "deletionPolicy": "Delete"},
+        })
+    };
+    let description = async || -> Result<Option<String>> {
+        Ok(mount_entry(&e2e, "sys/mounts", &kv)
+            .await?
+            .and_then(|m| m["description"].as_str().map(str::to_string)))
+    };
+
+    e2e.apply_value(engine("owner")).await?;
+    e2e.wait_ready::<SecretEngine>("owner", READY_TIMEOUT)
+        .await?;
+    // creationTimestamp has a resolution of one second: make the order unambiguous.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    e2e.apply_value(engine("second")).await?;
+    let second = e2e
+        .wait_condition::<SecretEngine>("second", "Ready", "False", Some("Conflict"), READY_TIMEOUT)
+        .await?;
+    let message = ready_message(&status_of(&second));
+    ensure!(
+        message.contains(&format!("SecretEngine {ns}/owner"))
+            && message.contains("nothing was written"),
+        "{message}"
+    );
+    ensure!(
+        description().await?.as_deref() == Some("managed by owner"),
+        "the mount keeps the owner's settings: {:?}",
+        description().await?
+    );
+
+    // Deleting the later one (Delete policy) must not unmount the owner's engine.
+    e2e.delete::<SecretEngine>("second").await?;
+    e2e.wait_gone::<SecretEngine>("second", GONE_TIMEOUT)
+        .await?;
+    ensure!(
+        description().await?.as_deref() == Some("managed by owner"),
+        "the owner's mount survives the deletion of the other resource"
+    );
+
+    // Back again, then the owner goes: the mount is handed over.
+    e2e.apply_value(engine("second")).await?;
+    e2e.wait_condition::<SecretEngine>("second", "Ready", "False", Some("Conflict"), READY_TIMEOUT)
+        .await?;
+    e2e.delete::<SecretEngine>("owner").await?;
+    e2e.wait_gone::<SecretEngine>("owner", GONE_TIMEOUT).await?;
+    e2e.wait_ready::<SecretEngine>("second", CONVERGE_TIMEOUT)
+        .await?;
+    ensure!(
+        description().await?.as_deref() == Some("managed by second"),
+        "the new owner wrote its settings: {:?}",
+        description().await?
+    );
+    Ok(())
+}
