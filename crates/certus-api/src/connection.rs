@@ -79,9 +79,9 @@ pub struct TlsConfig {
     pub insecure_skip_verify: bool,
 }
 
-/// The login method. Exactly one of `kubernetes`, `appRole` or `token` is set.
+/// The login method. Exactly one of `kubernetes`, `appRole`, `jwt` or `token` is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = kube::core::Rule::new("(has(self.kubernetes) ? 1 : 0) + (has(self.appRole) ? 1 : 0) + (has(self.token) ? 1 : 0) == 1").message("set exactly one of auth.kubernetes, auth.appRole, auth.token"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.kubernetes) ? 1 : 0) + (has(self.appRole) ? 1 : 0) + (has(self.jwt) ? 1 : 0) + (has(self.token) ? 1 : 0) == 1").message("set exactly one of auth.kubernetes, auth.appRole, auth.jwt, auth.token"))]
 #[serde(rename_all = "camelCase")]
 pub struct VaultAuth {
     /// Log in with Vault's Kubernetes auth method, using a token the operator requests for
@@ -91,6 +91,10 @@ pub struct VaultAuth {
     /// Log in with AppRole (role id + SecretID from a Secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_role: Option<AppRoleAuth>,
+    /// Log in with Vault's JWT/OIDC auth method, presenting a ServiceAccount token
+    /// (Vault trusts the cluster's OIDC issuer) or a JWT kept in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
     /// Use a Vault token stored in a Secret (renewed if renewable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenAuth>,
@@ -139,6 +143,43 @@ pub struct AppRoleAuth {
     pub role_id: String,
     /// Secret key holding the SecretID.
     pub secret_id_ref: SecretKeyRef,
+}
+
+/// JWT login (`auth/<mount>/login` with `role` and `jwt`). Exactly one source of the
+/// JWT: `serviceAccountName` (a short-lived token requested through the TokenRequest
+/// API with `audiences`, for a Vault `jwt` auth method that trusts the cluster's service
+/// account issuer) or `secretRef` (a JWT an external identity provider issued; read
+/// again whenever it changes).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("has(self.serviceAccountName) != has(self.secretRef)").message("set exactly one of serviceAccountName and secretRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuth {
+    /// Path the JWT/OIDC auth method is mounted at (default `jwt`).
+    #[serde(default = "default_jwt_mount")]
+    pub mount: String,
+    /// Vault role to log in as (`role_type: jwt`).
+    #[schemars(length(min = 1))]
+    pub role: String,
+    /// ServiceAccount whose token is presented. For a namespaced connection it lives in
+    /// the connection's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    /// Namespace of the ServiceAccount; required with `serviceAccountName` on a
+    /// `ClusterVaultConnection`, must be empty on a `VaultConnection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_namespace: Option<String>,
+    /// Audiences requested for the ServiceAccount token (default `vault`); they must
+    /// match the role's `bound_audiences`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Secret key holding a JWT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+fn default_jwt_mount() -> String {
+    "jwt".into()
 }
 
 /// Token login: a token kept in a Secret.
@@ -247,5 +288,47 @@ impl ClusterVaultConnectionSpec {
         self.allowed_namespaces
             .iter()
             .any(|n| n == "*" || n == namespace)
+    }
+}
+
+#[cfg(test)]
+mod jwt_tests {
+    use super::*;
+    use kube::core::cel::validate_cel;
+    use serde_json::{json, Value};
+
+    fn vc(auth: Value) -> VaultConnection {
+        serde_json::from_value(json!({
+            "apiVersion": "vault.certus.io/v1alpha1", "kind": "VaultConnection",
+            "metadata": {"name": "v", "namespace": "ns"},
+            "spec": {"address": "https://vault:8200", "auth": auth}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn jwt_auth_cel_rules_need_exactly_one_method_and_one_jwt_source() {
+        let sa = vc(json!({"jwt": {"role": "op", "serviceAccountName": "certus"}}));
+        assert!(validate_cel(&sa).is_ok(), "{:?}", validate_cel(&sa));
+        assert_eq!(sa.spec.auth.jwt.as_ref().unwrap().mount, "jwt");
+        let secret = vc(json!({"jwt": {"role": "ci", "secretRef": {"name": "j", "key": "t"}}}));
+        assert!(validate_cel(&secret).is_ok(), "{:?}", validate_cel(&secret));
+
+        let both = vc(json!({"jwt": {"role": "op", "serviceAccountName": "certus",
+                                     "secretRef": {"name": "j", "key": "t"}}}));
+        let err = validate_cel(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("exactly one of serviceAccountName and secretRef"),
+            "{err}"
+        );
+        let neither = vc(json!({"jwt": {"role": "op"}}));
+        assert!(validate_cel(&neither).is_err());
+
+        let two_methods = vc(
+            json!({"jwt": {"role": "op", "serviceAccountName": "certus"},
+                                    "token": {"secretRef": {"name": "t", "key": "token"}}}),
+        );
+        let err = validate_cel(&two_methods).unwrap_err().to_string();
+        assert!(err.contains("auth.jwt"), "{err}");
     }
 }

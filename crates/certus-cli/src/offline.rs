@@ -185,14 +185,21 @@ impl Connections {
             None => format!("ClusterVaultConnection/{name}"),
         };
         if let Some((spec, own_ns)) = self.specs.get(&key).cloned() {
-            if spec.auth.kubernetes.is_none() {
+            // Kubernetes auth and JWT from a ServiceAccount need the TokenRequest API.
+            let needs_cluster = spec.auth.kubernetes.is_some()
+                || spec
+                    .auth
+                    .jwt
+                    .as_ref()
+                    .is_some_and(|j| j.service_account_name.is_some());
+            if !needs_cluster {
                 let (config, creds) =
                     resolve_connection(&spec, own_ns.as_deref(), &self.resolver).await?;
                 let s = self.cache.get(config, creds).await?;
                 return Ok((s, label));
             }
             if self.env.is_some() {
-                let note = format!("{label} logs in with Kubernetes auth, which needs a cluster: using VAULT_ADDR/VAULT_TOKEN instead");
+                let note = format!("{label} logs in with a ServiceAccount token (Kubernetes or JWT auth), which needs a cluster: using VAULT_ADDR/VAULT_TOKEN instead");
                 if !self.notes.contains(&note) {
                     self.notes.push(note);
                 }
@@ -204,7 +211,7 @@ impl Connections {
                 Ok((s, "env".into()))
             }
             None => Err(ReconcileError::Dependency(format!(
-                "no usable {label} manifest in the directory and VAULT_ADDR is not set: add the connection manifest (token or AppRole auth, with its Secret) or export VAULT_ADDR and VAULT_TOKEN"
+                "no usable {label} manifest in the directory and VAULT_ADDR is not set: add the connection manifest (token, AppRole or JWT-from-a-Secret auth, with its Secret) or export VAULT_ADDR and VAULT_TOKEN"
             ))),
         }
     }

@@ -107,6 +107,7 @@ pub async fn resolve_connection<R: Resolver>(
     let set = [
         auth.kubernetes.is_some(),
         auth.app_role.is_some(),
+        auth.jwt.is_some(),
         auth.token.is_some(),
     ]
     .iter()
@@ -114,22 +115,16 @@ pub async fn resolve_connection<R: Resolver>(
     .count();
     if set != 1 {
         return Err(ReconcileError::Invalid(
-            "spec.auth: set exactly one of kubernetes, appRole, token".into(),
+            "spec.auth: set exactly one of kubernetes, appRole, jwt, token".into(),
         ));
     }
     let credentials = if let Some(k) = &auth.kubernetes {
-        let ns = match (own_namespace, k.service_account_namespace.as_deref()) {
-            (Some(own), None) => own.to_string(),
-            (Some(own), Some(ns)) if ns == own => own.to_string(),
-            (Some(_), Some(_)) => return Err(ReconcileError::Invalid("spec.auth.kubernetes.serviceAccountNamespace must be empty on a VaultConnection (the connection's namespace is used)".into())),
-            (None, Some(ns)) => ns.to_string(),
-            (None, None) => return Err(ReconcileError::Invalid("spec.auth.kubernetes.serviceAccountNamespace is required on a ClusterVaultConnection".into())),
-        };
-        let audiences = if k.audiences.is_empty() {
-            vec!["vault".to_string()]
-        } else {
-            k.audiences.clone()
-        };
+        let ns = service_account_namespace(
+            own_namespace,
+            k.service_account_namespace.as_deref(),
+            "spec.auth.kubernetes",
+        )?;
+        let audiences = audiences_or_vault(&k.audiences);
         let jwt = resolver.service_account_jwt(&ns, &k.service_account_name, audiences)?;
         Credentials::Kubernetes {
             mount: k.mount.trim_matches('/').to_string(),
@@ -150,6 +145,51 @@ pub async fn resolve_connection<R: Resolver>(
             role_id: a.role_id.clone(),
             secret_id,
         }
+    } else if let Some(j) = &auth.jwt {
+        let mount = j.mount.trim_matches('/').to_string();
+        match (&j.service_account_name, &j.secret_ref) {
+            (Some(sa), None) => {
+                let ns = service_account_namespace(
+                    own_namespace,
+                    j.service_account_namespace.as_deref(),
+                    "spec.auth.jwt",
+                )?;
+                let jwt =
+                    resolver.service_account_jwt(&ns, sa, audiences_or_vault(&j.audiences))?;
+                Credentials::Jwt {
+                    mount,
+                    role: j.role.clone(),
+                    identity: format!("serviceaccount:{ns}/{sa}"),
+                    jwt,
+                }
+            }
+            (None, Some(r)) => {
+                let value = secret(resolver, r, own_namespace, "spec.auth.jwt.secretRef").await?;
+                // A new JWT in the Secret is a new identity (a new session logs in with
+                // it), as for a new AppRole SecretID; only a hash names it.
+                let hash = certus_core::hash::short_hash(value.expose().as_bytes());
+                let ns = r
+                    .namespace
+                    .clone()
+                    .or_else(|| own_namespace.map(str::to_string))
+                    .unwrap_or_default();
+                let jwt: JwtSource = std::sync::Arc::new(move || {
+                    let value = value.clone();
+                    Box::pin(async move { Ok(value) })
+                });
+                Credentials::Jwt {
+                    mount,
+                    role: j.role.clone(),
+                    identity: format!("secret:{ns}/{}/{}#{hash}", r.name, r.key),
+                    jwt,
+                }
+            }
+            _ => {
+                return Err(ReconcileError::Invalid(
+                    "spec.auth.jwt: set exactly one of serviceAccountName and secretRef".into(),
+                ))
+            }
+        }
     } else if let Some(t) = &auth.token {
         Credentials::Token(
             secret(
@@ -164,6 +204,31 @@ pub async fn resolve_connection<R: Resolver>(
         unreachable!("exactly one auth method checked above")
     };
     Ok((config, credentials))
+}
+
+/// The namespace of the ServiceAccount a login presents: the connection's own for a
+/// `VaultConnection` (the field must be empty or equal), the field for a
+/// `ClusterVaultConnection` (required there).
+fn service_account_namespace(
+    own_namespace: Option<&str>,
+    field: Option<&str>,
+    at: &str,
+) -> Result<String, ReconcileError> {
+    match (own_namespace, field) {
+        (Some(own), None) => Ok(own.to_string()),
+        (Some(own), Some(ns)) if ns == own => Ok(own.to_string()),
+        (Some(_), Some(_)) => Err(ReconcileError::Invalid(format!("{at}.serviceAccountNamespace must be empty on a VaultConnection (the connection's namespace is used)"))),
+        (None, Some(ns)) => Ok(ns.to_string()),
+        (None, None) => Err(ReconcileError::Invalid(format!("{at}.serviceAccountNamespace is required on a ClusterVaultConnection"))),
+    }
+}
+
+fn audiences_or_vault(audiences: &[String]) -> Vec<String> {
+    if audiences.is_empty() {
+        vec!["vault".to_string()]
+    } else {
+        audiences.to_vec()
+    }
 }
 
 /// What a connection check found.

@@ -71,6 +71,15 @@ pub enum Credentials {
         identity: String,
         jwt: JwtSource,
     },
+    /// JWT/OIDC auth method login (`auth/<mount>/login` with `role` and a JWT from
+    /// `jwt`). `identity` names where the JWT comes from (a ServiceAccount, or a Secret
+    /// key plus a hash of its value) and is part of the session's identity key.
+    Jwt {
+        mount: String,
+        role: String,
+        identity: String,
+        jwt: JwtSource,
+    },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -89,6 +98,15 @@ impl std::fmt::Debug for Credentials {
             } => write!(
                 f,
                 "Kubernetes {{ mount: {mount:?}, role: {role:?}, identity: {identity:?} }}"
+            ),
+            Credentials::Jwt {
+                mount,
+                role,
+                identity,
+                ..
+            } => write!(
+                f,
+                "Jwt {{ mount: {mount:?}, role: {role:?}, identity: {identity:?} }}"
             ),
         }
     }
@@ -111,6 +129,12 @@ impl Credentials {
                 identity,
                 ..
             } => format!("kubernetes:{mount}:{role}:{identity}"),
+            Credentials::Jwt {
+                mount,
+                role,
+                identity,
+                ..
+            } => format!("jwt:{mount}:{role}:{identity}"),
         }
     }
     fn can_relogin(&self) -> bool {
@@ -121,6 +145,7 @@ impl Credentials {
             Credentials::Token(_) => "token",
             Credentials::AppRole { .. } => "approle",
             Credentials::Kubernetes { .. } => "kubernetes",
+            Credentials::Jwt { .. } => "jwt",
         }
     }
 }
@@ -519,6 +544,18 @@ impl VaultSession {
                 let auth = vaultrs::auth::kubernetes::login(&anon, mount, role, jwt.expose())
                     .await
                     .map_err(|e| self.login_error(&op, e))?;
+                self.state_from_auth(auth)
+            }
+            Credentials::Jwt {
+                mount, role, jwt, ..
+            } => {
+                let jwt = jwt().await?;
+                let anon = self.vaultrs_client("")?;
+                self.stats.login();
+                let auth =
+                    vaultrs::auth::oidc::login(&anon, mount, jwt.expose(), Some(role.clone()))
+                        .await
+                        .map_err(|e| self.login_error(&op, e))?;
                 self.state_from_auth(auth)
             }
         }
