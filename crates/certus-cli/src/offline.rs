@@ -447,20 +447,24 @@ async fn run(args: Args, mode: Mode) -> anyhow::Result<ExitCode> {
         // resources writing one policy, mount or role would undo each other.
         use certus_controller::config::ConfigKind;
         let target = match &res {
-            Resource::Policy(p) => Some((
-                format!("Vault policy {:?}", p.vault_name()),
-                format!("sys/policies/acl/{}", p.vault_name()),
-            )),
-            Resource::Engine(e) => e.claim_target().map(|t| (e.describe(), t)),
-            Resource::Auth(a) => a.claim_target().map(|t| (a.describe(), t)),
-            Resource::Role(r) => r.claim_target().map(|t| (r.describe(), t)),
+            Resource::Policy(p) => Some(format!("sys/policies/acl/{}", p.vault_name())),
+            Resource::Engine(e) => e.claim_target(),
+            Resource::Auth(a) => a.claim_target(),
+            Resource::Role(r) => r.claim_target(),
         };
-        if let Some((what, target)) = target {
+        if let Some(target) = target {
             let owner = claims
                 .entry((conn_key.clone(), target))
                 .or_insert_with(|| id.clone())
                 .clone();
             if let Some(other) = policy::claimed_by_other(&id, [&owner]) {
+                // Described only here: for a role it means planning it once more.
+                let what = match &res {
+                    Resource::Policy(p) => format!("Vault policy {:?}", p.vault_name()),
+                    Resource::Engine(e) => e.describe(),
+                    Resource::Auth(a) => a.describe(),
+                    Resource::Role(r) => r.describe(),
+                };
                 early_errors.push((
                     id,
                     ReconcileError::Conflict(format!(

@@ -200,6 +200,24 @@ struct TokenState {
     expires_at: Option<Instant>,
     renewable: bool,
     client: Arc<VaultClient>,
+    /// What a `lookup-self` made while obtaining the token said (token login, adoption),
+    /// so a connection check right after does not look it up again.
+    looked_up: Option<(Instant, TokenInfo)>,
+}
+
+/// The non-secret facts of a `lookup-self` answer (policies include identity policies).
+fn token_info_of(info: vaultrs::api::token::responses::LookupTokenResponse) -> TokenInfo {
+    let mut policies = info.policies;
+    policies.extend(info.identity_policies.unwrap_or_default());
+    policies.sort();
+    policies.dedup();
+    TokenInfo {
+        accessor: info.accessor,
+        display_name: info.display_name,
+        policies,
+        ttl: info.ttl,
+        renewable: info.renewable.unwrap_or(false),
+    }
 }
 
 /// One logged-in identity against one Vault.
@@ -471,13 +489,14 @@ impl VaultSession {
         let ttl = Duration::from_secs(info.ttl);
         Some(TokenState {
             token: saved.token,
-            accessor: info.accessor,
+            accessor: info.accessor.clone(),
             full_ttl: info.creation_ttl.max(info.ttl),
             capped: false,
             refresh_at: (info.ttl > 0).then(|| refresh_point(ttl)),
             expires_at: (info.ttl > 0).then(|| Instant::now() + ttl),
             renewable: info.renewable.unwrap_or(false),
             client,
+            looked_up: Some((Instant::now(), token_info_of(info))),
         })
     }
 
@@ -521,6 +540,7 @@ impl VaultSession {
                     expires_at: (info.ttl > 0).then(|| Instant::now() + ttl),
                     renewable,
                     client,
+                    looked_up: Some((Instant::now(), token_info_of(info))),
                 })
             }
             Credentials::AppRole {
@@ -584,6 +604,7 @@ impl VaultSession {
             capped: false,
             token,
             client,
+            looked_up: None,
         })
     }
 
@@ -610,6 +631,7 @@ impl VaultSession {
             full_ttl: state.full_ttl,
             capped: state.capped || auth.lease_duration < state.full_ttl,
             client: state.client.clone(),
+            looked_up: None,
         })
     }
 
@@ -846,22 +868,26 @@ impl VaultSession {
 
     /// Looks up the session's own token (logging in first if needed).
     pub async fn token_info(&self) -> Result<TokenInfo, VaultError> {
+        // Obtaining a given token or adopting a saved one looked it up a moment ago:
+        // reuse that answer instead of a second lookup-self.
+        const FRESH: Duration = Duration::from_secs(5);
+        let state = self.current().await?;
+        if let Some((at, info)) = &state.looked_up {
+            let age = at.elapsed();
+            if age < FRESH {
+                let mut info = info.clone();
+                if info.ttl > 0 {
+                    info.ttl = info.ttl.saturating_sub(age.as_secs()).max(1);
+                }
+                return Ok(info);
+            }
+        }
         let info = self
             .typed("GET auth/token/lookup-self", false, |c| async move {
                 vaultrs::token::lookup_self(c.as_ref()).await
             })
             .await?;
-        let mut policies = info.policies;
-        policies.extend(info.identity_policies.unwrap_or_default());
-        policies.sort();
-        policies.dedup();
-        Ok(TokenInfo {
-            accessor: info.accessor,
-            display_name: info.display_name,
-            policies,
-            ttl: info.ttl,
-            renewable: info.renewable.unwrap_or(false),
-        })
+        Ok(token_info_of(info))
     }
 
     /// Reads an ACL policy's text; `None` when it does not exist.

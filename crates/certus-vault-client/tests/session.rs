@@ -337,3 +337,28 @@ async fn a_saved_login_token_is_adopted_by_a_new_process_instead_of_logging_in()
         .await
         .unwrap();
 }
+
+/// A given token is validated with one lookup-self at login; the connection check's
+/// `token_info` right after reuses that answer (one request, not two), and a later call
+/// looks it up again.
+#[tokio::test]
+async fn token_info_right_after_a_token_login_makes_no_second_lookup() {
+    let (addr, token) = env();
+    let s = VaultSession::connect(
+        ConnectionConfig::new(&addr),
+        Credentials::Token(SecretString::new(token)),
+    )
+    .await
+    .unwrap();
+    let info = s.token_info().await.unwrap();
+    assert!(info.policies.contains(&"root".to_string()), "{info:?}");
+    assert_eq!(s.stats().snapshot().reads, 1, "login lookup-self only");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let again = s.token_info().await.unwrap();
+    assert_eq!(again.accessor, info.accessor);
+    assert_eq!(
+        s.stats().snapshot().reads,
+        2,
+        "a stale answer is looked up again"
+    );
+}
