@@ -114,6 +114,7 @@ async fn many_concurrent_requests_share_one_login() {
     root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
         .await
         .unwrap();
+    root.policy_delete(&policy).await.unwrap();
 }
 
 #[tokio::test]
@@ -138,6 +139,7 @@ async fn token_is_renewed_before_it_expires() {
     root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
         .await
         .unwrap();
+    root.policy_delete(&policy).await.unwrap();
 }
 
 #[tokio::test]
@@ -165,6 +167,7 @@ async fn revoked_token_is_replaced_once_and_denied_paths_do_not_loop() {
     root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
         .await
         .unwrap();
+    root.policy_delete(&policy).await.unwrap();
 }
 
 #[tokio::test]
@@ -197,6 +200,7 @@ async fn revoke_on_shutdown_invalidates_the_login_token() {
     root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
         .await
         .unwrap();
+    root.policy_delete(&policy).await.unwrap();
 }
 
 #[tokio::test]
@@ -336,6 +340,7 @@ async fn a_saved_login_token_is_adopted_by_a_new_process_instead_of_logging_in()
     root.request(reqwest::Method::DELETE, &format!("sys/auth/{mount}"), None)
         .await
         .unwrap();
+    root.policy_delete(&policy).await.unwrap();
 }
 
 /// A given token is validated with one lookup-self at login; the connection check's
