@@ -35,6 +35,12 @@ pub struct VaultObjectStatus {
     /// the secret. Used to notice a changed Secret; never the value itself.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_hashes: BTreeMap<String, String>,
+    /// Vault path → the fields of that object this resource set at its last successful
+    /// reconcile. A field later removed from the spec is reset to Vault's default where
+    /// Vault has one (mount description, lease TTLs and audit keys; `token_*` settings of
+    /// roles; role TTLs), and otherwise left as it is (the plan says so).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owned_fields: BTreeMap<String, Vec<String>>,
     /// Auth methods: the mount accessor (used by identity aliases and templated policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accessor: Option<String>,

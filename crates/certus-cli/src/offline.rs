@@ -281,6 +281,9 @@ struct StateEntry {
     secret_hashes: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vault_path: Option<String>,
+    /// Vault path → the fields the resource set there (removed ones are reset).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    managed: BTreeMap<String, Vec<String>>,
 }
 
 fn state_key(address: &str, id: &ResourceId) -> String {
@@ -317,6 +320,7 @@ impl StateFile {
                 applied_hash: e.applied_hash.clone(),
                 secret_hashes: e.secret_hashes.clone(),
                 vault_path: e.vault_path.clone(),
+                managed: e.managed.clone(),
             })
             .unwrap_or_default()
     }
@@ -327,6 +331,7 @@ impl StateFile {
                 applied_hash: l.applied_hash,
                 secret_hashes: l.secret_hashes,
                 vault_path: l.vault_path,
+                managed: l.managed,
             },
         );
     }

@@ -1215,6 +1215,7 @@ mod tests {
             in_sync: true,
             applied_hash: "h".into(),
             secret_hashes: Default::default(),
+            managed: Default::default(),
             vault_path: "sys/mounts/x".into(),
             accessor: None,
             policies: vec![],

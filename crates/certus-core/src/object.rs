@@ -216,6 +216,63 @@ impl Field {
     }
 }
 
+/// The value that puts a field back to Vault's default, for the fields where Vault
+/// documents one: mount tuning (`description`, lease TTLs, audit keys), the token
+/// settings every auth role shares (`token_*`: zero is "unset"), and the TTLs of
+/// secrets-engine roles (0 is "the mount's default"). `None` when no neutral value is
+/// known: such a field, once removed from the spec, is left in Vault as it is.
+pub fn reset_value(key: &str) -> Option<Want> {
+    match key {
+        "description" => Some(Want::Str(String::new())),
+        "default_lease_ttl"
+        | "max_lease_ttl"
+        | "token_ttl"
+        | "token_max_ttl"
+        | "token_explicit_max_ttl"
+        | "token_period"
+        | "default_ttl"
+        | "max_ttl"
+        | "ttl" => Some(Want::Seconds(0)),
+        "audit_non_hmac_request_keys"
+        | "audit_non_hmac_response_keys"
+        | "token_policies"
+        | "token_bound_cidrs" => Some(Want::Set(vec![])),
+        "token_num_uses" => Some(Want::Int(0)),
+        "token_no_default_policy" => Some(Want::Bool(false)),
+        _ => None,
+    }
+}
+
+/// The keys of `fields` (what a resource manages on one Vault object), sorted.
+pub fn managed_keys(fields: &[Field]) -> Vec<String> {
+    let mut keys: Vec<String> = fields.iter().map(|f| f.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// For every key in `previously` (what the resource managed on this object at its last
+/// successful reconcile) that `fields` no longer has, adds a field resetting it to
+/// Vault's default ([`reset_value`]), read back at `read_of(key)`. Returns the removed
+/// keys that have no known default (left in Vault as they are).
+pub fn add_resets(
+    fields: &mut Vec<Field>,
+    previously: &[String],
+    read_of: impl Fn(&str) -> String,
+) -> Vec<String> {
+    let mut left = vec![];
+    for key in previously {
+        if fields.iter().any(|f| &f.key == key) {
+            continue;
+        }
+        match reset_value(key) {
+            Some(want) => fields.push(Field::at(key, &read_of(key), want)),
+            None => left.push(key.clone()),
+        }
+    }
+    left
+}
+
 /// A secret field of a request: where its value comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecretField {
@@ -501,5 +558,40 @@ mod tests {
         let a = applied_hash([obj.fingerprint().as_str()]);
         obj.secret_hash = Some("x".into());
         assert_ne!(a, applied_hash([obj.fingerprint().as_str()]));
+    }
+
+    #[test]
+    fn removed_fields_are_reset_where_vault_has_a_default() {
+        let mut fields = vec![Field::new(
+            "bound_service_account_names",
+            Want::Set(vec!["a".into()]),
+        )];
+        let previously: Vec<String> = [
+            "bound_service_account_names",
+            "token_ttl",
+            "token_policies",
+            "alias_name_source",
+        ]
+        .map(String::from)
+        .to_vec();
+        let left = add_resets(&mut fields, &previously, |k| format!("/{k}"));
+        assert_eq!(left, ["alias_name_source"], "no known default: left as is");
+        assert_eq!(fields.len(), 3);
+        let ttl = fields.iter().find(|f| f.key == "token_ttl").unwrap();
+        assert_eq!(ttl.want, Want::Seconds(0));
+        assert!(ttl.want.matches(Some(&json!(0))));
+        let pol = fields.iter().find(|f| f.key == "token_policies").unwrap();
+        assert!(
+            pol.want.matches(Some(&json!([]))),
+            "reset list matches an empty answer"
+        );
+        assert_eq!(managed_keys(&fields[..1]), ["bound_service_account_names"]);
+        // Tuning reads the mount table.
+        let mut tune = vec![];
+        add_resets(&mut tune, &["max_lease_ttl".to_string()], |k| {
+            format!("/config/{k}")
+        });
+        assert_eq!(tune[0].read, "/config/max_lease_ttl");
+        assert_eq!(tune[0].want.to_json(), json!("0s"));
     }
 }

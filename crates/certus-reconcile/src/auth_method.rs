@@ -9,7 +9,8 @@ use certus_vault_client::VaultSession;
 use serde_json::Value;
 
 use crate::config::{
-    may_write, ns_name, resolve_object_secrets, sync_object, ConfigOutcome, LastApplied,
+    manage_mount, may_write, note_left, ns_name, resolve_object_secrets, sync_object,
+    ConfigOutcome, LastApplied,
 };
 use crate::connection::Resolver;
 use crate::error::ReconcileError;
@@ -46,11 +47,13 @@ pub async fn reconcile<R: Resolver>(
     let drift = last.applied_hash.as_deref() == Some(hash.as_str());
     let write = may_write(mode, drift, a.spec.drift_policy);
     let mut out = ConfigOutcome::new(desired.mount.target(), hash, last);
+    let left = manage_mount(&mut desired.mount, last, &mut out);
 
     let table = vault.read("sys/auth").await?.unwrap_or(Value::Null);
     let entry = find_entry(&table, &desired.mount.path).cloned();
-    let change =
+    let mut change =
         plan_mount(&id, &desired.mount, entry.as_ref(), drift).map_err(ReconcileError::Conflict)?;
+    note_left(&mut change, &left);
     match change.action {
         Action::Create | Action::Update if write => {
             if change.action == Action::Create {

@@ -31,9 +31,17 @@ pub struct LastApplied {
     /// `status.vaultPath`: where the object was last written (a VaultRole whose mount
     /// changed removes its old role there when `deletionPolicy: Delete`).
     pub vault_path: Option<String>,
+    /// `status.ownedFields`: Vault path → the fields set at the last successful
+    /// reconcile (a field since removed from the spec is reset where Vault has a default).
+    pub managed: BTreeMap<String, Vec<String>>,
 }
 
 impl LastApplied {
+    /// What was managed on `path` last time.
+    pub fn managed_on(&self, path: &str) -> &[String] {
+        self.managed.get(path).map(Vec::as_slice).unwrap_or(&[])
+    }
+
     /// Reads the remembered hashes from a status.
     pub fn from_status(status: Option<&VaultObjectStatus>) -> Self {
         status
@@ -41,6 +49,7 @@ impl LastApplied {
                 applied_hash: s.applied_hash.clone(),
                 secret_hashes: s.secret_hashes.clone(),
                 vault_path: s.vault_path.clone(),
+                managed: s.owned_fields.clone(),
             })
             .unwrap_or_default()
     }
@@ -83,6 +92,8 @@ pub struct ConfigOutcome {
     pub applied_hash: String,
     /// `status.secretHashes` to record (Vault path → hash of the last written request).
     pub secret_hashes: BTreeMap<String, String>,
+    /// `status.ownedFields` to record: Vault path → the fields the spec sets there.
+    pub managed: BTreeMap<String, Vec<String>>,
     /// The main Vault path (`status.vaultPath`).
     pub vault_path: String,
     /// Auth methods: the mount accessor.
@@ -102,6 +113,7 @@ impl ConfigOutcome {
             in_sync: true,
             applied_hash,
             secret_hashes: last.secret_hashes.clone(),
+            managed: BTreeMap::new(),
             vault_path,
             accessor: None,
             policies: vec![],
@@ -128,6 +140,7 @@ impl ConfigOutcome {
             status.vault_path = Some(self.vault_path.clone());
             status.applied_hash = Some(self.applied_hash.clone());
             status.secret_hashes = self.secret_hashes.clone();
+            status.owned_fields = self.managed.clone();
             status.last_synced = Some(now);
         }
         if self.accessor.is_some() {
@@ -290,13 +303,25 @@ pub(crate) async fn sync_object(
     } else {
         None
     };
-    let change = plan_object(
+    // Fields the spec set last time and no longer sets go back to Vault's default.
+    out.managed.insert(
+        obj.path.clone(),
+        certus_core::object::managed_keys(&obj.fields),
+    );
+    let mut with_resets = obj.clone();
+    let left =
+        certus_core::object::add_resets(&mut with_resets.fields, last.managed_on(&obj.path), |k| {
+            format!("/{k}")
+        });
+    let obj = &with_resets;
+    let mut change = plan_object(
         id,
         obj,
         live.as_ref(),
         last.secret_hashes.get(&obj.path).map(String::as_str),
         drift,
     );
+    note_left(&mut change, &left);
     let action = change.action;
     if action.writes() {
         if may_write {
@@ -319,6 +344,43 @@ pub(crate) async fn sync_object(
     out.drift |= change.drift;
     out.changes.push(change);
     Ok(action)
+}
+
+/// Adds the mount's tuning fields to what the resource manages and resets the tuning
+/// fields the spec no longer sets (see [`sync_object`]); returns the removed fields left
+/// in Vault as they are.
+pub(crate) fn manage_mount(
+    mount: &mut certus_core::mount::DesiredMount,
+    last: &LastApplied,
+    out: &mut ConfigOutcome,
+) -> Vec<String> {
+    let target = mount.target();
+    out.managed.insert(
+        target.clone(),
+        certus_core::object::managed_keys(&mount.tune),
+    );
+    certus_core::object::add_resets(&mut mount.tune, last.managed_on(&target), |k| {
+        if k == "description" {
+            "/description".to_string()
+        } else {
+            format!("/config/{k}")
+        }
+    })
+}
+
+/// Says in a change which fields removed from the spec stay in Vault as they are.
+pub(crate) fn note_left(change: &mut Change, left: &[String]) {
+    if left.is_empty() {
+        return;
+    }
+    let line = format!(
+        "= {}: removed from the spec, left in Vault as it is (no default to reset to)",
+        left.join(", ")
+    );
+    change.detail = Some(match change.detail.take() {
+        Some(d) => format!("{d}\n{line}"),
+        None => line,
+    });
 }
 
 /// Whether writes are allowed for a change with this drift flag.

@@ -9,7 +9,8 @@ use certus_vault_client::VaultSession;
 use serde_json::{json, Value};
 
 use crate::config::{
-    may_write, ns_name, read_data, resolve_object_secrets, sync_object, ConfigOutcome, LastApplied,
+    manage_mount, may_write, note_left, ns_name, read_data, resolve_object_secrets, sync_object,
+    ConfigOutcome, LastApplied,
 };
 use crate::connection::Resolver;
 use crate::error::ReconcileError;
@@ -47,11 +48,13 @@ pub async fn reconcile<R: Resolver>(
     let drift = last.applied_hash.as_deref() == Some(hash.as_str());
     let write = may_write(mode, drift, e.spec.drift_policy);
     let mut out = ConfigOutcome::new(desired.mount.target(), hash, last);
+    let left = manage_mount(&mut desired.mount, last, &mut out);
 
     let table = vault.read("sys/mounts").await?.unwrap_or(Value::Null);
     let entry = find_entry(&table, &desired.mount.path);
-    let mount_change =
+    let mut mount_change =
         plan_mount(&id, &desired.mount, entry, drift).map_err(ReconcileError::Conflict)?;
+    note_left(&mut mount_change, &left);
     let mounted = entry.is_some();
     match mount_change.action {
         Action::Create | Action::Update if write => {

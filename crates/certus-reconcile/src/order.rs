@@ -65,11 +65,17 @@ impl Outcome {
                 applied_hash: Some(p.hash.clone()),
                 secret_hashes: Default::default(),
                 vault_path: Some(format!("sys/policies/acl/{}", p.vault_name)),
+                managed: Default::default(),
             },
             Outcome::Config(c) => LastApplied {
                 applied_hash: c.in_sync.then(|| c.applied_hash.clone()),
                 secret_hashes: c.secret_hashes.clone(),
                 vault_path: c.in_sync.then(|| c.vault_path.clone()),
+                managed: if c.in_sync {
+                    c.managed.clone()
+                } else {
+                    Default::default()
+                },
             },
         }
     }

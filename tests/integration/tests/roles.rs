@@ -701,3 +701,112 @@ async fn bad_input_is_invalid_and_touches_nothing() {
         );
     }
 }
+
+/// Fields removed from a spec: a role's `tokenTTL`/`tokenPolicies` and an engine's
+/// `tune.maxLeaseTTL`/`description` go back to Vault's defaults (status.ownedFields
+/// remembers what the spec set); a removed field Vault has no neutral value for
+/// (`audience`) is left as it is and the plan says so; then everything is quiet.
+#[tokio::test]
+async fn fields_removed_from_the_spec_are_reset_to_vault_defaults() {
+    let v = session().await;
+    let raw = Raw::new().await;
+    let p = prefix();
+    let mount = format!("{p}-rm-k8s");
+    raw.write(&format!("sys/auth/{mount}"), json!({"type": "kubernetes"}))
+        .await;
+    let full = json!({"kubernetes": {"mount": mount, "boundServiceAccountNames": ["app"],
+        "boundServiceAccountNamespaces": ["apps"], "policies": ["default"],
+        "tokenTTL": "15m", "audience": "vault"}});
+    let mut last = LastApplied::default();
+    let out = role::reconcile(&v, &vr("rm", full), &no_policies, &last, Mode::Apply)
+        .await
+        .unwrap();
+    remember(&mut last, &out);
+    let path = out.vault_path.clone();
+    assert!(
+        last.managed_on(&path).contains(&"token_ttl".to_string()),
+        "{last:?}"
+    );
+    let d = raw.data(&path).await.unwrap();
+    assert_eq!(
+        (d["token_ttl"].clone(), d["audience"].clone()),
+        (json!(900), json!("vault"))
+    );
+
+    // tokenTTL, policies and audience removed.
+    let slim = vr(
+        "rm",
+        json!({"kubernetes": {"mount": mount, "boundServiceAccountNames": ["app"],
+               "boundServiceAccountNamespaces": ["apps"]}}),
+    );
+    let plan = role::reconcile(&v, &slim, &no_policies, &last, Mode::Plan)
+        .await
+        .unwrap();
+    let detail = plan.changes[0].detail.clone().unwrap_or_default();
+    assert_eq!(plan.changes[0].action, Action::Update, "{detail}");
+    assert!(detail.contains("token_ttl: 900 → 0s"), "{detail}");
+    assert!(detail.contains("token_policies"), "{detail}");
+    assert!(
+        detail.contains("audience: removed from the spec, left in Vault"),
+        "{detail}"
+    );
+    let out = role::reconcile(&v, &slim, &no_policies, &last, Mode::Apply)
+        .await
+        .unwrap();
+    assert!(
+        out.written && !out.drift && out.in_sync,
+        "{:?}",
+        out.changes
+    );
+    remember(&mut last, &out);
+    let d = raw.data(&path).await.unwrap();
+    assert_eq!(d["token_ttl"], json!(0), "{d}");
+    assert!(
+        d["token_policies"].as_array().is_none_or(|a| a.is_empty()),
+        "{d}"
+    );
+    assert_eq!(d["audience"], "vault", "no neutral value: left as it is");
+    assert!(!last.managed_on(&path).contains(&"token_ttl".to_string()));
+    let before = stats(&v);
+    let quiet = role::reconcile(&v, &slim, &no_policies, &last, Mode::Apply)
+        .await
+        .unwrap();
+    assert!(!quiet.has_changes(), "{:?}", quiet.changes);
+    assert_eq!(stats(&v).since(&before).writes, 0);
+    raw.disable_auth(&mount).await;
+
+    // A SecretEngine's tuning.
+    let kv = format!("{p}-rm-kv");
+    let engine_of = |spec: Value| -> SecretEngine {
+        in_ns(
+            SecretEngine::new("rm-kv", serde_json::from_value(spec).unwrap()),
+            NS,
+        )
+    };
+    let tuned = engine_of(
+        json!({"path": kv, "type": "kv-v2", "description": "team kv",
+                                 "tune": {"maxLeaseTTL": "2h"}}),
+    );
+    let resolver = MapResolver::new();
+    let mut last = LastApplied::default();
+    let out = engine::reconcile(&v, &tuned, &resolver, &last, Mode::Apply)
+        .await
+        .unwrap();
+    remember(&mut last, &out);
+    let entry = raw.mount(&kv).await.unwrap();
+    assert_eq!(entry["config"]["max_lease_ttl"], json!(7200), "{entry}");
+    let bare = engine_of(json!({"path": kv, "type": "kv-v2"}));
+    let out = engine::reconcile(&v, &bare, &resolver, &last, Mode::Apply)
+        .await
+        .unwrap();
+    assert!(out.written, "{:?}", out.changes);
+    remember(&mut last, &out);
+    let entry = raw.mount(&kv).await.unwrap();
+    assert_eq!(entry["config"]["max_lease_ttl"], json!(0), "{entry}");
+    assert_eq!(entry["description"], "", "{entry}");
+    let quiet = engine::reconcile(&v, &bare, &resolver, &last, Mode::Apply)
+        .await
+        .unwrap();
+    assert!(!quiet.has_changes(), "{:?}", quiet.changes);
+    raw.unmount(&kv).await;
+}
