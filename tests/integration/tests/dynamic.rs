@@ -95,6 +95,48 @@ async fn pg_role_exists(user: &str) -> bool {
         == "1"
 }
 
+/// An AppRole (`<p>-approle`, role `op`) for the operator to log in with: its policy
+/// (`<p>-creds`) may read `<mount>/creds/app` and renew/revoke leases; `token` holds the
+/// role's token settings. Returns the auth mount, the policy and a credentials factory.
+async fn operator_approle(
+    raw: &Raw,
+    p: &str,
+    mount: &str,
+    token: Value,
+) -> (String, String, impl Fn() -> Credentials) {
+    let approle = format!("{p}-approle");
+    let policy = format!("{p}-creds");
+    raw.write(&format!("sys/policies/acl/{policy}"), json!({"policy": format!(
+        "path \"{mount}/creds/app\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/*\" {{ capabilities = [\"update\"] }}"
+    )})).await;
+    raw.write(&format!("sys/auth/{approle}"), json!({"type": "approle"}))
+        .await;
+    let mut role = token;
+    role["token_policies"] = json!([policy]);
+    raw.write(&format!("auth/{approle}/role/op"), role).await;
+    let role_id = raw
+        .data(&format!("auth/{approle}/role/op/role-id"))
+        .await
+        .unwrap()["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id = raw
+        .write(&format!("auth/{approle}/role/op/secret-id"), json!({}))
+        .await
+        .unwrap()["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mount_name = approle.clone();
+    let creds = move || Credentials::AppRole {
+        mount: mount_name.clone(),
+        role_id: role_id.clone(),
+        secret_id: SecretString::new(secret_id.clone()),
+    };
+    (approle, policy, creds)
+}
+
 async fn run(
     v: &VaultSession,
     obj: &DynamicCredential,
@@ -965,38 +1007,9 @@ async fn a_login_token_that_issued_leases_is_not_revoked_on_shutdown() {
     let raw = Raw::new().await;
     let p = prefix();
     let e = env();
-    let approle = format!("{p}-approle");
     let mount = db_mount(&raw, &p, "60s", "10m").await;
-    let policy = format!("{p}-creds");
-    raw.write(&format!("sys/policies/acl/{policy}"), json!({"policy": format!(
-        "path \"{mount}/creds/app\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/*\" {{ capabilities = [\"update\"] }}"
-    )})).await;
-    raw.write(&format!("sys/auth/{approle}"), json!({"type": "approle"}))
-        .await;
-    raw.write(
-        &format!("auth/{approle}/role/op"),
-        json!({"token_policies": [policy], "token_ttl": "10m"}),
-    )
-    .await;
-    let role_id = raw
-        .data(&format!("auth/{approle}/role/op/role-id"))
-        .await
-        .unwrap()["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret_id = raw
-        .write(&format!("auth/{approle}/role/op/secret-id"), json!({}))
-        .await
-        .unwrap()["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let creds = || Credentials::AppRole {
-        mount: approle.clone(),
-        role_id: role_id.clone(),
-        secret_id: SecretString::new(secret_id.clone()),
-    };
+    let (approle, policy, creds) =
+        operator_approle(&raw, &p, &mount, json!({"token_ttl": "10m"})).await;
 
     // A session that issued nothing revokes its token on shutdown, as before.
     let idle = VaultSession::connect(ConnectionConfig::new(e.vault_addr.clone()), creds())
@@ -1172,39 +1185,15 @@ async fn after_a_restart_the_saved_login_token_is_adopted_and_nothing_is_reissue
     let raw = Raw::new().await;
     let p = prefix();
     let e = env();
-    let approle = format!("{p}-approle");
     // The lease (10m) outlives the login token's TTL (60s): the token sets the deadline.
     let mount = db_mount(&raw, &p, "10m", "1h").await;
-    let policy = format!("{p}-creds");
-    raw.write(&format!("sys/policies/acl/{policy}"), json!({"policy": format!(
-        "path \"{mount}/creds/app\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/*\" {{ capabilities = [\"update\"] }}"
-    )})).await;
-    raw.write(&format!("sys/auth/{approle}"), json!({"type": "approle"}))
-        .await;
-    raw.write(
-        &format!("auth/{approle}/role/op"),
-        json!({"token_policies": [policy], "token_ttl": "60s", "token_max_ttl": "1h"}),
+    let (approle, policy, creds) = operator_approle(
+        &raw,
+        &p,
+        &mount,
+        json!({"token_ttl": "60s", "token_max_ttl": "1h"}),
     )
     .await;
-    let role_id = raw
-        .data(&format!("auth/{approle}/role/op/role-id"))
-        .await
-        .unwrap()["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret_id = raw
-        .write(&format!("auth/{approle}/role/op/secret-id"), json!({}))
-        .await
-        .unwrap()["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let creds = || Credentials::AppRole {
-        mount: approle.clone(),
-        role_id: role_id.clone(),
-        secret_id: SecretString::new(secret_id.clone()),
-    };
     let cfg = || ConnectionConfig::new(e.vault_addr.clone());
     let tokens = Arc::new(MemoryTokenStore::new());
     let obj = dc("restart-db", json!({"path": format!("{mount}/creds/app")}));
