@@ -2,8 +2,9 @@
 //! so a restarted operator or a new leader adopts the token that issued the leases
 //! instead of logging in anew (see [`certus_vault_client::TokenStore`]).
 //!
-//! One Secret per Vault identity, `certus-vault-token-<hash>` (the hash of the address,
-//! namespace, login method and role: never a secret), type `Opaque`, keys `token` and
+//! One Secret per Vault role, `certus-vault-token-<hash>` (the hash of the address,
+//! namespace, login method and role, not of the SecretID or JWT: a rotated SecretID
+//! replaces the saved token), type `Opaque`, keys `token` and
 //! `accessor`, labelled `app.kubernetes.io/managed-by: certus-vault-operator` and
 //! `app.kubernetes.io/component: vault-token`. Written with server-side apply; removed
 //! when the operator revokes the token on shutdown (it keeps tokens that issued leases).

@@ -137,6 +137,24 @@ impl Credentials {
             } => format!("jwt:{mount}:{role}:{identity}"),
         }
     }
+    /// [`identity_key`](Self::identity_key) without the login secret's hash: the Vault
+    /// role (and ServiceAccount or Secret) a token belongs to, whatever SecretID or JWT
+    /// obtained it. Used to key saved tokens.
+    fn persist_key(&self) -> String {
+        match self {
+            Credentials::AppRole { mount, role_id, .. } => format!("approle:{mount}:{role_id}"),
+            Credentials::Jwt {
+                mount,
+                role,
+                identity,
+                ..
+            } => format!(
+                "jwt:{mount}:{role}:{}",
+                identity.split('#').next().unwrap_or_default()
+            ),
+            other => other.identity_key(),
+        }
+    }
     fn can_relogin(&self) -> bool {
         !matches!(self, Credentials::Token(_))
     }
@@ -1000,13 +1018,20 @@ impl SessionCache {
         }
     }
 
-    /// The key under which a session's token is saved: a hash of the identity (address,
-    /// namespace, TLS settings, login method and role; secret parts already hashed).
+    /// The key under which a session's token is saved: a hash of the Vault identity
+    /// (address, namespace, TLS settings, login method, role and ServiceAccount or Secret
+    /// name), without the login secret: a rotated AppRole SecretID or a renewed JWT logs in
+    /// as the same role, so its token replaces the saved one instead of piling up beside it.
     pub fn token_key(config: &ConnectionConfig, credentials: &Credentials) -> String {
-        hex::encode(&Sha256::digest(Self::identity(config, credentials).as_bytes())[..10])
+        let id = Self::identity_with(config, &credentials.persist_key());
+        hex::encode(&Sha256::digest(id.as_bytes())[..10])
     }
 
     fn identity(config: &ConnectionConfig, credentials: &Credentials) -> String {
+        Self::identity_with(config, &credentials.identity_key())
+    }
+
+    fn identity_with(config: &ConnectionConfig, credentials: &str) -> String {
         format!(
             "{}|{}|{:?}|{}|{}|{}",
             config.address,
@@ -1018,7 +1043,7 @@ impl SessionCache {
                 .as_deref()
                 .map(|p| hex::encode(&Sha256::digest(p.as_bytes())[..8]))
                 .unwrap_or_default(),
-            credentials.identity_key()
+            credentials
         )
     }
 

@@ -324,6 +324,34 @@ async fn a_saved_login_token_is_adopted_by_a_new_process_instead_of_logging_in()
     assert_eq!((st.logins, st.adoptions), (1, 0), "{st:?}");
     assert!(s4.token_info().await.unwrap().policies.contains(&policy));
 
+    // A rotated SecretID logs in as the same role: the same key, so a new process with
+    // the new SecretID adopts the saved token instead of piling up another one.
+    let rotated = match &creds {
+        Credentials::AppRole { mount, role_id, .. } => {
+            let new_id = root
+                .write(&format!("auth/{mount}/role/r/secret-id"), &json!({}))
+                .await
+                .unwrap()
+                .unwrap()["data"]["secret_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            Credentials::AppRole {
+                mount: mount.clone(),
+                role_id: role_id.clone(),
+                secret_id: SecretString::new(new_id),
+            }
+        }
+        other => panic!("AppRole credentials expected, got {other:?}"),
+    };
+    assert_eq!(SessionCache::token_key(&cfg(), &rotated), key);
+    let after_rotation = SessionCache::with_token_store(store.clone());
+    let s_rot = after_rotation.get(cfg(), rotated).await.unwrap();
+    assert!(s_rot.policy_read(&policy).await.unwrap().is_some());
+    let st = after_rotation.stats().snapshot();
+    assert_eq!((st.logins, st.adoptions), (0, 1), "{st:?}");
+    assert_eq!(store.accessors().len(), 1, "one saved token per role");
+
     // A token given by the user is never saved.
     let (_, token) = env();
     let fifth = SessionCache::with_token_store(store.clone());
