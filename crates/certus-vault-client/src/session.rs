@@ -223,6 +223,29 @@ struct TokenState {
     looked_up: Option<(Instant, TokenInfo)>,
 }
 
+impl TokenState {
+    /// A token known from its `lookup-self` answer (a given token, or a saved one being
+    /// adopted); the answer is kept for [`VaultSession::token_info`].
+    fn from_lookup(
+        token: SecretString,
+        client: Arc<VaultClient>,
+        info: vaultrs::api::token::responses::LookupTokenResponse,
+    ) -> Self {
+        let ttl = Duration::from_secs(info.ttl);
+        TokenState {
+            token,
+            accessor: info.accessor.clone(),
+            full_ttl: info.creation_ttl.max(info.ttl),
+            capped: false,
+            refresh_at: (info.ttl > 0).then(|| refresh_point(ttl)),
+            expires_at: (info.ttl > 0).then(|| Instant::now() + ttl),
+            renewable: info.renewable.unwrap_or(false),
+            client,
+            looked_up: Some((Instant::now(), token_info_of(info))),
+        }
+    }
+}
+
 /// The non-secret facts of a `lookup-self` answer (policies include identity policies).
 fn token_info_of(info: vaultrs::api::token::responses::LookupTokenResponse) -> TokenInfo {
     let mut policies = info.policies;
@@ -504,18 +527,7 @@ impl VaultSession {
             ttl = info.ttl,
             "adopted the saved Vault login token (no new login; leases it issued stay renewable)"
         );
-        let ttl = Duration::from_secs(info.ttl);
-        Some(TokenState {
-            token: saved.token,
-            accessor: info.accessor.clone(),
-            full_ttl: info.creation_ttl.max(info.ttl),
-            capped: false,
-            refresh_at: (info.ttl > 0).then(|| refresh_point(ttl)),
-            expires_at: (info.ttl > 0).then(|| Instant::now() + ttl),
-            renewable: info.renewable.unwrap_or(false),
-            client,
-            looked_up: Some((Instant::now(), token_info_of(info))),
-        })
+        Some(TokenState::from_lookup(saved.token, client, info))
     }
 
     /// Saves a token obtained by login (see [`TokenStore`]); failures are logged only.
@@ -547,19 +559,7 @@ impl VaultSession {
                     }
                     e
                 })?;
-                let ttl = Duration::from_secs(info.ttl);
-                let renewable = info.renewable.unwrap_or(false);
-                Ok(TokenState {
-                    token: token.clone(),
-                    accessor: info.accessor.clone(),
-                    full_ttl: info.creation_ttl.max(info.ttl),
-                    capped: false,
-                    refresh_at: (info.ttl > 0).then(|| refresh_point(ttl)),
-                    expires_at: (info.ttl > 0).then(|| Instant::now() + ttl),
-                    renewable,
-                    client,
-                    looked_up: Some((Instant::now(), token_info_of(info))),
-                })
+                Ok(TokenState::from_lookup(token.clone(), client, info))
             }
             Credentials::AppRole {
                 mount,
