@@ -71,6 +71,7 @@ use serde::Serialize;
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::error_action;
+use crate::claim::{same_object, sort_in_claim_order};
 use crate::context::{Claims, Context};
 use crate::error::Error;
 use crate::resolve::{session_for, ConnectionKey};
@@ -338,10 +339,6 @@ async fn run_pipeline<K: ConfigKind>(
     obj.reconcile_vault(&session, ctx, &last).await
 }
 
-fn same_object<K: Resource>(a: &K, b: &K) -> bool {
-    a.meta().namespace == b.meta().namespace && a.meta().name == b.meta().name
-}
-
 /// Every object among `all` (plus `me`) that claims `me`'s Vault object through the
 /// same connection, in claim order: oldest `creationTimestamp` first, then namespace,
 /// then name. The first one owns the Vault object (as for `VaultPolicy` names).
@@ -356,15 +353,7 @@ pub fn claimants<'a, K: ConfigKind>(me: &'a K, all: impl IntoIterator<Item = &'a
         .filter(|o| o.claim_target().as_ref() == Some(&target) && connection_key(*o) == key)
         .collect();
     list.push(me);
-    list.sort_by_key(|o| {
-        let m = o.meta();
-        (
-            m.creation_timestamp.is_none(),
-            m.creation_timestamp.clone(),
-            m.namespace.clone(),
-            m.name.clone(),
-        )
-    });
+    sort_in_claim_order(&mut list);
     list
 }
 

@@ -29,6 +29,7 @@
 
 pub mod audit;
 pub mod backoff;
+mod claim;
 pub mod config;
 pub mod connection;
 pub mod context;

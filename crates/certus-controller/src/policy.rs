@@ -24,6 +24,7 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::error_action;
+use crate::claim::{same_object, sort_in_claim_order};
 use crate::context::Context;
 use crate::error::Error;
 use crate::resolve::{session_for, ConnectionKey};
@@ -39,10 +40,6 @@ fn namespace_of(p: &VaultPolicy) -> String {
 /// The connection a policy is reconciled through.
 pub fn connection_key(p: &VaultPolicy) -> ConnectionKey {
     ConnectionKey::for_ref(&namespace_of(p), p.spec.connection_ref.as_ref())
-}
-
-fn same_object(a: &VaultPolicy, b: &VaultPolicy) -> bool {
-    a.namespace() == b.namespace() && a.name_any() == b.name_any()
 }
 
 /// A cheap, allocation-free pre-check of `o.vault_name() == vault_name`: false only when
@@ -74,25 +71,11 @@ pub fn claimants<'a>(
     let mut list: Vec<&VaultPolicy> = all
         .into_iter()
         .filter(|o| may_claim(o, &vault_name))
-        .filter(|o| !same_object(o, me))
+        .filter(|o| !same_object(*o, me))
         .filter(|o| o.vault_name() == vault_name && connection_key(o) == key)
         .collect();
     list.push(me);
-    list.sort_by(|a, b| {
-        let ka = (
-            a.metadata.creation_timestamp.is_none(),
-            a.metadata.creation_timestamp.clone(),
-            a.namespace(),
-            a.name_any(),
-        );
-        let kb = (
-            b.metadata.creation_timestamp.is_none(),
-            b.metadata.creation_timestamp.clone(),
-            b.namespace(),
-            b.name_any(),
-        );
-        ka.cmp(&kb)
-    });
+    sort_in_claim_order(&mut list);
     list
 }
 
@@ -127,7 +110,7 @@ fn other_claimants(p: &VaultPolicy, store: &Store<VaultPolicy>) -> Vec<ObjectRef
     let all = store.state();
     claimants(p, all.iter().map(|a| a.as_ref()))
         .into_iter()
-        .filter(|o| !same_object(o, p))
+        .filter(|o| !same_object(*o, p))
         .map(ObjectRef::from_obj)
         .collect()
 }
