@@ -244,6 +244,16 @@ impl Operator {
         http_get(addr, path)
     }
 
+    /// The value of an unlabelled sample (or one full `name{labels}`) on `/metrics`; 0 when
+    /// the series is not exposed yet.
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        let (code, text) = self.http_get("/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(metric_value(&text, name).unwrap_or(0.0))
+    }
+
     /// Whether the log contains `needle`.
     pub fn log_contains(&self, needle: &str) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(needle))

@@ -12,10 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use certus_api::VaultPolicy;
 use certus_e2e::fixtures::{hcl_path, vault_policy};
-use certus_e2e::operator::metric_value;
 use certus_e2e::{Check, E2e, Operator, READY_TIMEOUT};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -58,14 +57,6 @@ fn holds(holder: &Option<String>, op: &Operator) -> bool {
         .is_some_and(|h| h.ends_with(&format!("-{}", op.pid())))
 }
 
-fn metric(op: &Operator, name: &str) -> Result<f64> {
-    let (code, text) = op.http_get("/metrics")?;
-    if code != 200 {
-        bail!("/metrics answered {code}");
-    }
-    Ok(metric_value(&text, name).unwrap_or(0.0))
-}
-
 const POLICY_RECONCILES: &str = "certus_controller_reconciles_total{kind=\"VaultPolicy\"}";
 
 /// Waits until `op` holds the Lease and runs its controllers (`certus_leader 1`,
@@ -81,7 +72,7 @@ async fn wait_leader(e2e: &E2e, op: &Operator, timeout: Duration) -> Result<Dura
             if !holds(&h, op) {
                 return Ok(Check::Pending(format!("holderIdentity {h:?}")));
             }
-            if metric(op, "certus_leader")? != 1.0 {
+            if op.metric("certus_leader")? != 1.0 {
                 return Ok(Check::Pending("certus_leader is not 1 yet".into()));
             }
             match op.http_get("/readyz")? {
@@ -98,12 +89,12 @@ async fn wait_leader(e2e: &E2e, op: &Operator, timeout: Duration) -> Result<Dura
 fn assert_standby(op: &Operator) -> Result<()> {
     op.ensure_running()?;
     assert_eq!(
-        metric(op, "certus_leader")?,
+        op.metric("certus_leader")?,
         0.0,
         "the standby is not leader"
     );
     assert_eq!(
-        metric(op, POLICY_RECONCILES)?,
+        op.metric(POLICY_RECONCILES)?,
         0.0,
         "the standby reconciled nothing"
     );
@@ -160,7 +151,7 @@ async fn leader_election_failover() -> Result<()> {
     let a = e2e.operator().context("operator a")?;
     assert!(holds(&holder(&e2e).await?, a), "a still holds the Lease");
     assert!(
-        metric(a, POLICY_RECONCILES)? >= 1.0,
+        a.metric(POLICY_RECONCILES)? >= 1.0,
         "the leader reconciled p1"
     );
     assert_standby(&b)?;
@@ -168,7 +159,7 @@ async fn leader_election_failover() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS)).await;
     let a = e2e.operator().context("operator a")?;
     assert!(holds(&holder(&e2e).await?, a));
-    assert_eq!(metric(a, "certus_leader")?, 1.0);
+    assert_eq!(a.metric("certus_leader")?, 1.0);
     assert_standby(&b)?;
 
     // Crash of the leader: no graceful shutdown, no release.
@@ -212,7 +203,7 @@ async fn leader_election_failover() -> Result<()> {
     e2e.wait_ready::<VaultPolicy>("p2", READY_TIMEOUT).await?;
     let b = e2e.operator().context("operator b")?;
     assert!(
-        metric(b, POLICY_RECONCILES)? >= 2.0,
+        b.metric(POLICY_RECONCILES)? >= 2.0,
         "b reconciled after taking over"
     );
 

@@ -12,22 +12,13 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use certus_api::{DynamicCredential, VaultConnection};
-use certus_e2e::operator::metric_value;
 use certus_e2e::{Check, E2e, Operator, READY_TIMEOUT};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-
-fn metric(op: &Operator, name: &str) -> Result<f64> {
-    let (code, text) = op.http_get("/metrics")?;
-    if code != 200 {
-        bail!("/metrics answered {code}");
-    }
-    Ok(metric_value(&text, name).unwrap_or(0.0))
-}
 
 fn start(e2e: &E2e, label: &str) -> Result<Operator> {
     let ns = format!("--vault-token-namespace={}", e2e.ns());
@@ -154,7 +145,7 @@ async fn a_restarted_operator_adopts_its_approle_token_and_reissues_nothing() ->
         .unwrap_or_default();
     ensure!(keys == ["accessor", "token"], "saved keys: {keys:?}");
     let op = e2e.operator().context("the operator")?;
-    ensure!(metric(op, "certus_vault_logins_total")? == 1.0, "one login");
+    ensure!(op.metric("certus_vault_logins_total")? == 1.0, "one login");
 
     // Restart: SIGTERM (the token issued a credential: kept, not revoked), new process.
     let old = e2e.take_operator().context("the first operator")?;
@@ -173,7 +164,7 @@ async fn a_restarted_operator_adopts_its_approle_token_and_reissues_nothing() ->
         Duration::from_secs(60),
         async || {
             op.ensure_running()?;
-            let adopted = metric(op, "certus_vault_token_adoptions_total")?;
+            let adopted = op.metric("certus_vault_token_adoptions_total")?;
             Ok(if adopted == 1.0 {
                 Check::Done(())
             } else {
@@ -183,7 +174,7 @@ async fn a_restarted_operator_adopts_its_approle_token_and_reissues_nothing() ->
     )
     .await?;
     ensure!(
-        metric(op, "certus_vault_logins_total")? == 0.0,
+        op.metric("certus_vault_logins_total")? == 0.0,
         "the restarted operator did not log in"
     );
     let after = e2e
