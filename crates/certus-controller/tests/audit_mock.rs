@@ -9,6 +9,9 @@
 //! - `ConfigMapCheckpointStore`: load (missing → `None`), save (apply body), load back;
 //! - the status freshness loop: a rule that fired gets its counters written.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,36 +33,12 @@ use kube::runtime::watcher;
 use kube::Client;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
-use tower_test::mock::{self, Handle, SendResponse};
+use tower_test::mock::{self, SendResponse};
 
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 const RULES: &str = "/apis/vault.certus.io/v1alpha1/auditalertrules";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-struct ApiServerVerifier(ApiHandle);
-
-struct Call {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-    respond: SendResponse<Response<Body>>,
-}
-
 impl Call {
-    fn expect(&self, method: Method, path: &str) {
-        assert_eq!(
-            (&self.method, self.path.as_str()),
-            (&method, path),
-            "unexpected request {} {}?{}",
-            self.method,
-            self.path,
-            self.query
-        );
-    }
     fn expect_apply(&self) {
         assert_eq!(
             self.content_type, "application/apply-patch+yaml",
@@ -72,14 +51,6 @@ impl Call {
         );
         assert!(self.query.contains("force=true"), "query: {}", self.query);
     }
-    fn reply(self, status: u16, body: &Value) {
-        let response = Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap();
-        self.respond.send_response(response);
-    }
     fn fail(self, code: u16, reason: &str) {
         let body = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -90,41 +61,6 @@ impl Call {
 }
 
 impl ApiServerVerifier {
-    async fn next(&mut self, expected: &str) -> Call {
-        let (request, respond) = tokio::time::timeout(STEP_TIMEOUT, self.0.next_request())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("expected {expected}, but no request came within {STEP_TIMEOUT:?}")
-            })
-            .unwrap_or_else(|| panic!("expected {expected}, but the client was dropped"));
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Call {
-            method: parts.method,
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or("").to_string(),
-            content_type: parts
-                .headers
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default(),
-            body,
-            respond,
-        }
-    }
-
-    async fn expect_no_more(&mut self, wait: Duration) {
-        if let Ok(Some((req, _))) = tokio::time::timeout(wait, self.0.next_request()).await {
-            panic!("unexpected extra request {} {}", req.method(), req.uri());
-        }
-    }
-
     /// Asserts the status apply of rule `name`, answers it, returns the `status` sent.
     async fn expect_status(&mut self, name: &str) -> Value {
         let call = self.next("the status PATCH").await;

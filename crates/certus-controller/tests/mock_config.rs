@@ -4,13 +4,16 @@
 //! `hack/services-up.sh` (VAULT_ADDR / VAULT_TOKEN). Without VAULT_ADDR the Vault-backed
 //! tests fail with a message saying how to start it; they are never skipped.
 
+mod common;
+use common::*;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use certus_api::{AuthMethod, SecretEngine, VaultObjectStatus, VaultPolicy, VaultRole, FINALIZER};
 use certus_controller::config::{self as config_ctl, ConfigKind};
 use certus_controller::{Context, RunOptions};
-use certus_vault_client::{ConnectionConfig, Credentials, SecretString, VaultSession};
+use certus_vault_client::VaultSession;
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -24,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
-use tower_test::mock::{self, Handle, SendResponse};
+use tower_test::mock::{self};
 
 const NS: &str = "ctl-config";
 
@@ -56,76 +59,14 @@ XtMON/3bfadMA+kl7M6Gu2M=\n\
 // Environment
 // ---------------------------------------------------------------------------------------
 
-fn vault_env() -> (String, String) {
-    let addr = std::env::var("VAULT_ADDR").unwrap_or_else(|_| {
-        panic!("VAULT_ADDR is not set: these tests need the real OpenBao. Run `hack/services-up.sh && . .hack/env` first")
-    });
-    let token = std::env::var("VAULT_TOKEN").unwrap_or_else(|_| {
-        panic!("VAULT_TOKEN is not set: run `hack/services-up.sh && . .hack/env` first")
-    });
-    (addr, token)
-}
-
-async fn root_session() -> Arc<VaultSession> {
-    let (addr, token) = vault_env();
-    VaultSession::connect(
-        ConnectionConfig::new(addr),
-        Credentials::Token(SecretString::new(token)),
-    )
-    .await
-    .unwrap()
-}
-
-/// A name no other test run uses (lower case: mount paths and Kubernetes names).
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}{}x{nanos}", std::process::id())
-}
-
 // ---------------------------------------------------------------------------------------
 // ApiServerVerifier: a scripted fake API server (as in mock_api.rs)
 // ---------------------------------------------------------------------------------------
 
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_millis(300);
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-struct ApiServerVerifier(ApiHandle);
-
-/// One request the fake API server received.
-struct Call {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-    respond: SendResponse<Response<Body>>,
-}
-
 impl Call {
-    fn expect(&self, method: Method, path: &str) {
-        assert_eq!(
-            (&self.method, self.path.as_str()),
-            (&method, path),
-            "unexpected request {} {}?{}",
-            self.method,
-            self.path,
-            self.query
-        );
-    }
-    fn reply(self, status: u16, body: &Value) {
-        let response = Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap();
-        self.respond.send_response(response);
-    }
     fn not_found(self, kind: &str, name: &str) {
         let body = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -151,43 +92,6 @@ fn secret_json(name: &str, data: &[(&str, &str)]) -> Value {
 }
 
 impl ApiServerVerifier {
-    /// The next request, or a panic naming what was expected.
-    async fn next(&mut self, expected: &str) -> Call {
-        let (request, respond) = tokio::time::timeout(STEP_TIMEOUT, self.0.next_request())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("expected {expected}, but no request came within {STEP_TIMEOUT:?}")
-            })
-            .unwrap_or_else(|| panic!("expected {expected}, but the client was dropped"));
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Call {
-            method: parts.method,
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or("").to_string(),
-            content_type: parts
-                .headers
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default(),
-            body,
-            respond,
-        }
-    }
-
-    /// Fails when one more request arrives within `wait`.
-    async fn expect_no_more(&mut self, wait: Duration) {
-        if let Ok(Some((req, _))) = tokio::time::timeout(wait, self.0.next_request()).await {
-            panic!("unexpected extra request {} {}", req.method(), req.uri());
-        }
-    }
-
     /// The `default` VaultConnection (token auth against the real OpenBao) and its token
     /// Secret: the two reads every reconcile that talks to Vault starts with.
     async fn serve_connection(&mut self) {

@@ -5,12 +5,15 @@
 //! Event; a resync writes nothing; deletion revokes the credential and removes the
 //! Secret before the finalizer is released.
 
+mod common;
+use common::ApiServerVerifier as Api;
+use common::*;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use certus_api::{DynamicCredential, VaultPolicy, FINALIZER};
 use certus_controller::{dynamic as dyn_ctl, Context, RunOptions};
-use certus_vault_client::{ConnectionConfig, Credentials, SecretString, VaultSession};
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -19,62 +22,13 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::{reflector, watcher};
 use kube::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::task::JoinHandle;
-use tower_test::mock::{self, Handle, SendResponse};
+use tower_test::mock::{self};
 
-fn vault_env() -> (String, String) {
-    let addr = std::env::var("VAULT_ADDR").unwrap_or_else(|_| {
-        panic!("VAULT_ADDR is not set: these tests need the real OpenBao. Run `hack/services-up.sh && . .hack/env` first")
-    });
-    let token = std::env::var("VAULT_TOKEN")
-        .expect("VAULT_TOKEN is not set: run `hack/services-up.sh && . .hack/env` first");
-    (addr, token)
-}
-
-async fn root_session() -> Arc<VaultSession> {
-    let (addr, token) = vault_env();
-    VaultSession::connect(
-        ConnectionConfig::new(addr),
-        Credentials::Token(SecretString::new(token)),
-    )
-    .await
-    .unwrap()
-}
-
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(20);
 
-struct Api(Handle<Request<Body>, Response<Body>>);
-
-struct Call {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-    respond: SendResponse<Response<Body>>,
-}
-
 impl Call {
-    fn expect(&self, method: Method, path: &str) {
-        assert_eq!(
-            (&self.method, self.path.as_str()),
-            (&method, path),
-            "unexpected request {} {}?{}",
-            self.method,
-            self.path,
-            self.query
-        );
-    }
-    fn reply(self, status: u16, body: &Value) {
-        let response = Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap();
-        self.respond.send_response(response);
-    }
     fn not_found(self) {
         let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "not found", "reason": "NotFound", "code": 404});
         self.reply(404, &body);
@@ -82,38 +36,6 @@ impl Call {
 }
 
 impl Api {
-    async fn next(&mut self, expected: &str) -> Call {
-        let (request, respond) = tokio::time::timeout(STEP_TIMEOUT, self.0.next_request())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("expected {expected}, but no request came within {STEP_TIMEOUT:?}")
-            })
-            .unwrap_or_else(|| panic!("expected {expected}, but the client was dropped"));
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Call {
-            method: parts.method,
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or("").to_string(),
-            content_type: parts
-                .headers
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default(),
-            body,
-            respond,
-        }
-    }
-    async fn expect_no_more(&mut self, wait: Duration) {
-        if let Ok(Some((req, _))) = tokio::time::timeout(wait, self.0.next_request()).await {
-            panic!("unexpected extra request {} {}", req.method(), req.uri());
-        }
-    }
     async fn serve_connection(&mut self, ns: &str) {
         let (addr, token) = vault_env();
         let call = self.next("GET of the VaultConnection").await;
